@@ -60,8 +60,8 @@ class Identity(Strict):
     module_part_numbers: list[str] = Field(
         default_factory=list,
         title="Module part numbers",
-        description="NVIDIA module part numbers (e.g. 699-13767-0003), used to tell memory "
-        "variants apart when the model string is shared.",
+        description="Module part numbers as in /proc/device-tree/compatible (e.g. p3767-0003), "
+        "used to tell memory variants apart when the model string is shared.",
     )
     gpu_compute_capability: str | None = Field(
         default=None,

@@ -1,0 +1,185 @@
+"""Builder and Runner protocols shared by every inference backend.
+
+A *builder* turns a prepared ONNX file (float, or explicit Q/DQ INT8) into artifact files inside
+a directory; a *runner* loads those files and runs inference. Runners are context managers in the
+Polygraphy style: ``activate`` allocates (sessions, contexts, buffers), ``infer`` runs, and
+``deactivate`` frees. Only ``backends/tensorrt.py`` imports tensorrt and only
+``backends/onnxruntime.py`` imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from agent.errors import BackendUnavailable
+
+Precision = Literal["int8", "fp16", "fp32"]
+Shape = tuple[int, ...]
+
+_R = TypeVar("_R", bound="RunnerBase")
+
+#: progress(stage, fraction 0..1, message)
+ProgressFn = Callable[[str, float, str], None]
+
+
+def no_progress(stage: str, fraction: float, message: str) -> None:
+    """A progress callback that drops everything."""
+    del stage, fraction, message
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (-1 or a symbol name for dynamic dimensions) and numpy dtype of a tensor."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(str(data["name"]), tuple(data["shape"]), str(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class InputShapes:
+    """Optimization-profile shapes of one input."""
+
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything a backend needs to build one artifact. Paths are absolute."""
+
+    onnx_path: Path
+    out_dir: Path
+    precision: Precision
+    shapes: Mapping[str, InputShapes]
+    workspace_mib: int
+    optimization_level: int = 3
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    timing_cache: Path | None = None
+    threads: int = 0
+    static_shapes: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict[str, Any])
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """Files written into ``BuildRequest.out_dir`` (relative names) and backend facts."""
+
+    main_file: str
+    files: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    info: Mapping[str, Any] = field(default_factory=dict[str, Any])
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs inference on one artifact. Use as a context manager."""
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]: ...
+
+    def activate(self) -> None: ...
+
+    def deactivate(self) -> None: ...
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def __enter__(self) -> Runner: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class RunnerBase:
+    """Context-manager plumbing for runners."""
+
+    def activate(self) -> None:
+        raise NotImplementedError
+
+    def deactivate(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _R) -> _R:
+        self.activate()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.deactivate()
+
+
+class Backend(Protocol):
+    """A backend module's facade: capability check, builder and runner factory."""
+
+    name: str
+
+    def available(self) -> tuple[bool, str]:
+        """(usable here?, why not / version string)."""
+        ...
+
+    def version(self) -> str: ...
+
+    def build(self, request: BuildRequest, progress: ProgressFn = no_progress) -> BuildResult: ...
+
+    def runner(self, artifact_dir: Path, main_file: str, *, threads: int = 0) -> Runner: ...
+
+    def inspect(self, artifact_dir: Path, main_file: str) -> list[dict[str, Any]]:
+        """Layers after fusion with their precision."""
+        ...
+
+
+_BACKENDS = {
+    "onnxruntime": "agent.backends.onnxruntime",
+    "tensorrt": "agent.backends.tensorrt",
+}
+
+
+def get_backend(name: str) -> Backend:
+    """Import the backend module lazily and return its ``BACKEND`` facade."""
+    module_name = _BACKENDS.get(name)
+    if module_name is None:
+        raise BackendUnavailable(
+            f"unknown backend '{name}'",
+            fix=f"use one of {sorted(_BACKENDS)} in the device profile's build.backend",
+        )
+    module = importlib.import_module(module_name)
+    backend: Backend = module.BACKEND
+    ok, why = backend.available()
+    if not ok:
+        raise BackendUnavailable(
+            f"backend '{name}' is not usable here: {why}",
+            fix="pick a device profile whose build.backend is available on this host "
+            "(the cpu profile uses onnxruntime)",
+        )
+    return backend

@@ -1,0 +1,339 @@
+"""The minimal CUDA runtime layer the TensorRT runner needs: streams, events, device and pinned
+buffers, async copies.
+
+This is the only module that imports ``cuda`` (cuda-python), lazily: ``cuda.bindings.runtime``
+(cuda-python >= 12.x), falling back to ``from cuda import cudart`` for older releases. Importing
+this module never needs CUDA; the first object created does.
+
+cuda-python's runtime functions return a tuple whose first item is a ``cudaError_t``
+(``err, ptr = cudaMalloc(n)``; ``(err,) = cudaFree(ptr)``). :func:`_check` turns a failure into
+:class:`BackendUnavailable` (no driver, no device: the host cannot run CUDA) or :class:`CudaError`
+(a ``RuntimeError`` carrying the CUDA error name), and returns the remaining results.
+
+Every object has an explicit ``close()`` (idempotent) and is a context manager. Work queued on
+a stream must be complete (``Stream.synchronize``) before a buffer it touches is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+from types import ModuleType, TracebackType
+from typing import Any
+
+import numpy as np
+
+from agent.errors import BackendUnavailable
+
+INSTALL_FIX = (
+    "install cuda-python matching the CUDA of this JetPack (pip install 'cuda-python>=12.2', "
+    "or the edge-agent[jetson] extra) and check that the NVIDIA driver sees a GPU"
+)
+
+# Errors meaning "this host cannot run CUDA at all" (driver/runtime/device missing or broken).
+_UNAVAILABLE = {
+    "cudaErrorNoDevice",
+    "cudaErrorInsufficientDriver",
+    "cudaErrorInitializationError",
+    "cudaErrorCudartUnloading",
+    "cudaErrorStubLibrary",
+    "cudaErrorDevicesUnavailable",
+    "cudaErrorSystemDriverMismatch",
+    "cudaErrorCompatNotSupportedOnDevice",
+    "cudaErrorCallRequiresNewerDriver",
+}
+
+_cudart: ModuleType | None = None
+
+
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed; ``name`` is the CUDA error name, e.g. cudaErrorInvalidValue."""
+
+    def __init__(self, call: str, name: str, code: int):
+        self.call = call
+        self.name = name
+        self.code = code
+        super().__init__(f"{call} failed: {name} ({code})")
+
+
+def load_cudart() -> ModuleType:
+    """Import cuda-python's runtime module or raise :class:`BackendUnavailable` with the fix."""
+    global _cudart  # noqa: PLW0603 - one cached module handle
+    if _cudart is not None:
+        return _cudart
+    errors: list[str] = []
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            _cudart = importlib.import_module(name)
+            return _cudart
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise BackendUnavailable(f"cannot import cuda-python ({'; '.join(errors)})", fix=INSTALL_FIX)
+
+
+def _error_name(rt: Any, err: Any) -> str:
+    try:
+        result = rt.cudaGetErrorName(err)
+        name = result[1]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        return str(getattr(err, "name", err))
+
+
+def _check(call: str, result: Any) -> Any:
+    """Check a cuda-python result tuple; return None, the one value, or the tuple of values."""
+    rt = load_cudart()
+    if isinstance(result, tuple):
+        err, values = result[0], tuple(result[1:])  # pyright: ignore[reportUnknownVariableType]
+    else:
+        err, values = result, ()
+    code = int(err)
+    if code != 0:
+        name = _error_name(rt, err)
+        if name in _UNAVAILABLE:
+            raise BackendUnavailable(f"CUDA is not usable: {call} returned {name}", fix=INSTALL_FIX)
+        raise CudaError(call, name, code)
+    if not values:
+        return None
+    if len(values) == 1:  # pyright: ignore[reportUnknownArgumentType]
+        return values[0]
+    return values
+
+
+def _call(name: str, *args: Any) -> Any:
+    rt = load_cudart()
+    return _check(name, getattr(rt, name)(*args))
+
+
+def _handle_int(obj: Any) -> int:
+    """Integer value of a cuda-python handle (cudaStream_t, cudaEvent_t) or pointer."""
+    if isinstance(obj, int):
+        return obj
+    try:
+        return int(obj)
+    except TypeError:
+        return int(obj.getPtr())
+
+
+def available() -> tuple[bool, str]:
+    """(usable?, device count or why not). Never raises."""
+    try:
+        count = int(_call("cudaGetDeviceCount"))
+    except BackendUnavailable as exc:
+        return False, str(exc)
+    except Exception as exc:
+        return False, f"CUDA check failed: {exc}"
+    if count < 1:
+        return False, "no CUDA device"
+    return True, f"{count} CUDA device(s)"
+
+
+def mem_get_info() -> tuple[int, int]:
+    """(free, total) device memory in bytes."""
+    free, total = _call("cudaMemGetInfo")
+    return int(free), int(total)
+
+
+def device_synchronize() -> None:
+    _call("cudaDeviceSynchronize")
+
+
+class _Closeable:
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A safety net only: explicit close() is the contract. Never raise from a finalizer.
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class Stream(_Closeable):
+    """A non-blocking CUDA stream (does not synchronize with the legacy default stream)."""
+
+    def __init__(self, *, non_blocking: bool = True):
+        self._stream: Any = None
+        rt = load_cudart()
+        if non_blocking:
+            flags = int(getattr(rt, "cudaStreamNonBlocking", 1))
+            self._stream = _call("cudaStreamCreateWithFlags", flags)
+        else:
+            self._stream = _call("cudaStreamCreate")
+
+    @property
+    def raw(self) -> Any:
+        if self._stream is None:
+            raise RuntimeError("stream is closed")
+        return self._stream
+
+    @property
+    def handle(self) -> int:
+        """The cudaStream_t as an int (what ``execute_async_v3`` takes)."""
+        return _handle_int(self.raw)
+
+    def synchronize(self) -> None:
+        _call("cudaStreamSynchronize", self.raw)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            _call("cudaStreamDestroy", stream)
+
+    destroy = close
+
+
+class Event(_Closeable):
+    """A CUDA event for timing (and ordering) work on a stream."""
+
+    def __init__(self) -> None:
+        self._event: Any = None
+        self._event = _call("cudaEventCreate")
+
+    @property
+    def raw(self) -> Any:
+        if self._event is None:
+            raise RuntimeError("event is closed")
+        return self._event
+
+    def record(self, stream: Stream | None = None) -> None:
+        _call("cudaEventRecord", self.raw, stream.raw if stream is not None else 0)
+
+    def synchronize(self) -> None:
+        _call("cudaEventSynchronize", self.raw)
+
+    def elapsed_ms(self, end: Event) -> float:
+        """Milliseconds from this (recorded, completed) event to ``end``."""
+        return float(_call("cudaEventElapsedTime", self.raw, end.raw))
+
+    def close(self) -> None:
+        if self._event is not None:
+            event, self._event = self._event, None
+            _call("cudaEventDestroy", event)
+
+
+class DeviceBuffer(_Closeable):
+    """``nbytes`` of device memory (cudaMalloc/cudaFree); ``ptr`` is the device address."""
+
+    def __init__(self, nbytes: int):
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        self._ptr: int | None = None
+        self.nbytes = int(nbytes)
+        # cudaMalloc(0) may return a null pointer; keep one byte so ptr is always valid.
+        self._ptr = _handle_int(_call("cudaMalloc", max(self.nbytes, 1)))
+
+    @property
+    def ptr(self) -> int:
+        if self._ptr is None:
+            raise RuntimeError("device buffer is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            _call("cudaFree", ptr)
+
+    free = close
+
+
+class PinnedBuffer(_Closeable):
+    """Page-locked host memory (cudaHostAlloc/cudaFreeHost) exposed as a numpy array view.
+
+    ``array`` is valid until ``close()``; do not keep views of it past that.
+    """
+
+    def __init__(self, shape: tuple[int, ...] | int, dtype: Any = np.float32):
+        self._ptr: int | None = None
+        self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        count = 1
+        for d in self.shape:
+            count *= d
+        self.nbytes = count * self.dtype.itemsize
+        rt = load_cudart()
+        flags = int(getattr(rt, "cudaHostAllocDefault", 0))
+        self._ptr = _handle_int(_call("cudaHostAlloc", max(self.nbytes, 1), flags))
+        # Wrap as bytes first, then view as the dtype (as_ctypes_type has no float16 mapping).
+        base = ctypes.cast(ctypes.c_void_p(self._ptr), ctypes.POINTER(ctypes.c_ubyte))
+        flat = np.ctypeslib.as_array(base, shape=(max(self.nbytes, 1),))[: self.nbytes]
+        self._array = flat.view(self.dtype).reshape(self.shape)
+
+    @property
+    def ptr(self) -> int:
+        if self._ptr is None:
+            raise RuntimeError("pinned buffer is closed")
+        return self._ptr
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._ptr is None:
+            raise RuntimeError("pinned buffer is closed")
+        return self._array
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            del self._array
+            _call("cudaFreeHost", ptr)
+
+
+def _host_ptr(array: np.ndarray, *, writable: bool) -> int:
+    if not array.flags.c_contiguous:
+        raise ValueError("host array must be C-contiguous (use np.ascontiguousarray)")
+    if writable and not array.flags.writeable:
+        raise ValueError("destination host array is read-only")
+    return int(array.ctypes.data)
+
+
+def _dev_ptr(buf: DeviceBuffer | int) -> int:
+    return buf.ptr if isinstance(buf, DeviceBuffer) else int(buf)
+
+
+def _memcpy_kind(name: str) -> Any:
+    return getattr(load_cudart().cudaMemcpyKind, name)
+
+
+def copy_htod_async(
+    dst: DeviceBuffer | int, src: np.ndarray, stream: Stream, nbytes: int | None = None
+) -> None:
+    """Queue a host→device copy of ``src`` (pinned for a truly async copy) on ``stream``."""
+    count = src.nbytes if nbytes is None else int(nbytes)
+    if isinstance(dst, DeviceBuffer) and count > dst.nbytes:
+        raise ValueError(f"copy of {count} bytes exceeds the device buffer ({dst.nbytes})")
+    _call(
+        "cudaMemcpyAsync",
+        _dev_ptr(dst),
+        _host_ptr(src, writable=False),
+        count,
+        _memcpy_kind("cudaMemcpyHostToDevice"),
+        stream.raw,
+    )
+
+
+def copy_dtoh_async(
+    dst: np.ndarray, src: DeviceBuffer | int, stream: Stream, nbytes: int | None = None
+) -> None:
+    """Queue a device→host copy into ``dst`` on ``stream``; read ``dst`` after synchronize."""
+    count = dst.nbytes if nbytes is None else int(nbytes)
+    if isinstance(src, DeviceBuffer) and count > src.nbytes:
+        raise ValueError(f"copy of {count} bytes exceeds the device buffer ({src.nbytes})")
+    _call(
+        "cudaMemcpyAsync",
+        _host_ptr(dst, writable=True),
+        _dev_ptr(src),
+        count,
+        _memcpy_kind("cudaMemcpyDeviceToHost"),
+        stream.raw,
+    )

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command: lint, type-check and run the test suite in the local .venv.
+# Usage: scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh dev
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== pyright (tensorrt-stubs for agent/backends/tensorrt.py)"
+pyright
+echo "== pytest"
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+# pytest exits 5 when no test was collected: that is a failure of this command, not a pass.
+exit "$rc"
