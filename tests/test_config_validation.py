@@ -210,8 +210,10 @@ def test_cli_exit_codes_and_format(tmp_path: Path, agent_yaml: Path) -> None:
     problem_lines = [ln for ln in result.stdout.splitlines() if ln.startswith(str(bad))]
     # The unknown key and the now-missing required key are both reported, each on its own line.
     assert len(problem_lines) == 2
-    assert problem_lines[0].startswith(f"{bad}:{line_of(bad.read_text(), 'flet:')}: flet: ")
-    assert "did you mean 'fleet'" in problem_lines[0]
+    unknown = next(ln for ln in problem_lines if ": flet: " in ln)
+    assert unknown.startswith(f"{bad}:{line_of(bad.read_text(), 'flet:')}: flet: ")
+    assert "did you mean 'fleet'" in unknown
+    assert any(ln.startswith(f"{bad}:1: fleet: required key is missing") for ln in problem_lines)
     assert main(["validate-config", "-q", str(agent_yaml)]) == 0
 
 

@@ -1,0 +1,316 @@
+"""ONNX Runtime backend (CPU execution provider): the engine on plain hosts and the float
+reference everywhere. The only module that imports ``onnxruntime`` for inference.
+
+``build`` copies the (float or Q/DQ) model to ``out_dir/model.onnx`` and asks ONNX Runtime to
+write its optimized graph to ``out_dir/model.optimized.onnx``, so ``inspect`` can show what was
+fused and which nodes run in INT8. The runner always loads ``model.onnx`` (ONNX Runtime
+re-optimizes it on load); the optimized file is for inspection.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from agent.backends.base import (
+    BuildRequest,
+    BuildResult,
+    ProgressFn,
+    RunnerBase,
+    TensorSpec,
+    no_progress,
+)
+from agent.errors import BuildFailed, ModelError
+
+__all__ = ["BACKEND", "OnnxRuntimeBackend", "OrtRunner"]
+
+MAIN_FILE = "model.onnx"
+OPTIMIZED_FILE = "model.optimized.onnx"
+_PROVIDERS = ["CPUExecutionProvider"]
+_NCHWC = "com.microsoft.nchwc"
+_INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def _dims(shape: Any) -> tuple[int | str, ...]:
+    out: list[int | str] = []
+    for d in shape or ():
+        if (isinstance(d, int) and d > 0) or (isinstance(d, str) and d):
+            out.append(d)
+        else:
+            out.append(-1)
+    return tuple(out)
+
+
+def _specs(args: Any) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(a.name, _dims(a.shape), _ORT_TYPES.get(str(a.type), str(a.type))) for a in args
+    )
+
+
+def _session_options(threads: int, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.log_severity_level = 3
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def _copy_model(src: Path, out_dir: Path) -> list[str]:
+    """Copy the model (and its external data files) into ``out_dir`` as ``model.onnx``."""
+    model = onnx.load(str(src), load_external_data=False)
+    locations = sorted(
+        {
+            e.value
+            for t in model.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data
+            if e.key == "location"
+        }
+    )
+    if not locations:
+        shutil.copyfile(src, out_dir / MAIN_FILE)
+        return [MAIN_FILE]
+    # Re-save with one data file named after the artifact so the directory is self-contained.
+    full = onnx.load(str(src))
+    onnx.save_model(
+        full,
+        str(out_dir / MAIN_FILE),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=MAIN_FILE + ".data",
+    )
+    return [MAIN_FILE, MAIN_FILE + ".data"]
+
+
+def _precision_of(node: onnx.NodeProto, types: Mapping[str, int]) -> str:
+    if node.op_type.startswith("QLinear") or node.op_type in (
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeLinear",
+    ):
+        return "int8"
+    tensors = [*node.input, *node.output]
+    if any(types.get(t) in _INT8 for t in tensors if t):
+        return "int8"
+    return "fp32"
+
+
+def _fused_label(node: onnx.NodeProto) -> str:
+    """``Conv+Relu`` for ORT's FusedConv with an activation attribute, else the op type."""
+    for attr in node.attribute:
+        if attr.name == "activation" and attr.type == onnx.AttributeProto.STRING:
+            return f"{node.op_type.removeprefix('Fused')}+{attr.s.decode()}"
+    return node.op_type
+
+
+class OrtRunner(RunnerBase):
+    """A CPU ``InferenceSession`` over one ONNX file."""
+
+    def __init__(self, model_path: Path, *, threads: int = 0):
+        self.model_path = Path(model_path)
+        self.threads = threads
+        self._session: ort.InferenceSession | None = None
+        self._inputs: tuple[TensorSpec, ...] = ()
+        self._outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    def __enter__(self) -> OrtRunner:
+        self.activate()
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self._session is not None
+
+    def activate(self) -> None:
+        if self._session is not None:
+            return
+        if not self.model_path.is_file():
+            raise ModelError(
+                "artifact file is missing",
+                fix="rebuild the engine (edge-agent build)",
+                path=self.model_path,
+            )
+        options = _session_options(self.threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        try:
+            session = ort.InferenceSession(str(self.model_path), options, providers=_PROVIDERS)
+        except Exception as exc:
+            raise ModelError(
+                f"ONNX Runtime cannot load the model: {exc}",
+                fix="rebuild the engine; if it persists, re-export the model",
+                path=self.model_path,
+            ) from exc
+        self._session = session
+        self._inputs = _specs(session.get_inputs())
+        self._outputs = _specs(session.get_outputs())
+
+    def deactivate(self) -> None:
+        self._session = None
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise RuntimeError("OrtRunner.infer called before activate(); use it as `with runner:`")
+        names = [o.name for o in self._outputs]
+        results = self._session.run(names, dict(feeds))
+        return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
+
+
+class OnnxRuntimeBackend:
+    """The ``Backend`` facade for ONNX Runtime on the CPU."""
+
+    name = "onnxruntime"
+
+    def available(self) -> tuple[bool, str]:
+        providers = ort.get_available_providers()
+        if "CPUExecutionProvider" not in providers:
+            return False, f"CPUExecutionProvider missing (providers: {providers})"
+        return True, f"onnxruntime {ort.__version__}"
+
+    def version(self) -> str:
+        return str(ort.__version__)
+
+    def build(self, request: BuildRequest, progress: ProgressFn = no_progress) -> BuildResult:
+        src = Path(request.onnx_path)
+        out_dir = Path(request.out_dir)
+        if not src.is_file():
+            raise BuildFailed(
+                "the ONNX file to build does not exist",
+                fix="run prepare/quantize first",
+                path=src,
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        progress("build", 0.0, f"copying {src.name}")
+        try:
+            files = _copy_model(src, out_dir)
+        except Exception as exc:  # protobuf DecodeError, OSError, missing external data
+            raise BuildFailed(
+                f"cannot read the model to build: {type(exc).__name__}: {exc}",
+                fix="run prepare/quantize again; the intermediate file is damaged",
+                path=src,
+            ) from exc
+        main = out_dir / MAIN_FILE
+        progress("build", 0.3, "optimizing with ONNX Runtime (ORT_ENABLE_ALL)")
+        level_name = "ORT_ENABLE_ALL"
+        optimized = out_dir / OPTIMIZED_FILE
+        try:
+            session = self._optimize(main, optimized, request.threads, "ORT_ENABLE_ALL")
+        except Exception as exc:
+            raise BuildFailed(
+                f"ONNX Runtime could not load/optimize the model: {exc}",
+                fix="check the model with `edge-agent inspect`; re-export it if ONNX Runtime "
+                "rejects an operator",
+                path=src,
+            ) from exc
+        # ORT_ENABLE_ALL may emit layout ops (com.microsoft.nchwc) sized for this CPU's vector
+        # width; such a file is not portable, so write the EXTENDED graph instead. (The runner
+        # always loads model.onnx with ORT_ENABLE_ALL: full speed, decided on the device.)
+        if not self._portable(optimized):
+            session = self._optimize(main, optimized, request.threads, "ORT_ENABLE_EXTENDED")
+            level_name = "ORT_ENABLE_EXTENDED"
+        if optimized.is_file():
+            files.append(OPTIMIZED_FILE)
+        inputs = _specs(session.get_inputs())
+        outputs = _specs(session.get_outputs())
+        del session
+        counts: dict[str, int] = {}
+        source_ops = {n.op_type for n in onnx.load(str(main), load_external_data=False).graph.node}
+        if optimized.is_file():
+            for node in onnx.load(str(optimized), load_external_data=False).graph.node:
+                label = _fused_label(node)
+                counts[label] = counts.get(label, 0) + 1
+        progress("build", 1.0, "done")
+        info = {
+            "onnxruntime_version": str(ort.__version__),
+            "providers": list(_PROVIDERS),
+            "optimization_level": level_name,
+            "precision": request.precision,
+            "node_counts": dict(sorted(counts.items())),
+            # ops ONNX Runtime created that the input graph did not have (QLinearConv,
+            # Conv+Relu, QLinearAdd...): what its fusions made of the Q/DQ graph
+            "fused_nodes": {k: v for k, v in sorted(counts.items()) if k not in source_ops},
+        }
+        return BuildResult(
+            main_file=MAIN_FILE, files=tuple(files), inputs=inputs, outputs=outputs, info=info
+        )
+
+    @staticmethod
+    def _optimize(src: Path, optimized: Path, threads: int, level: str) -> ort.InferenceSession:
+        options = _session_options(threads, getattr(ort.GraphOptimizationLevel, level))
+        options.optimized_model_filepath = str(optimized)
+        return ort.InferenceSession(str(src), options, providers=_PROVIDERS)
+
+    @staticmethod
+    def _portable(path: Path) -> bool:
+        if not path.is_file():
+            return False
+        model = onnx.load(str(path), load_external_data=False)
+        return not any(node.domain == _NCHWC for node in model.graph.node)
+
+    def runner(self, artifact_dir: Path, main_file: str, *, threads: int = 0) -> OrtRunner:
+        return OrtRunner(Path(artifact_dir) / main_file, threads=threads)
+
+    def inspect(self, artifact_dir: Path, main_file: str) -> list[dict[str, Any]]:
+        """Nodes of the optimized graph (or of ``main_file`` when none was written) with op type
+        (fused ones as ``Conv+Relu``) and precision (int8 if any input/output is 8-bit)."""
+        directory = Path(artifact_dir)
+        path = directory / OPTIMIZED_FILE
+        if not path.is_file():
+            path = directory / main_file
+        if not path.is_file():
+            raise ModelError(
+                "no model file in the artifact directory",
+                fix="rebuild the engine (edge-agent build)",
+                path=directory,
+            )
+        model = onnx.load(str(path), load_external_data=False)
+        types: dict[str, int] = {}
+        for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+            types[vi.name] = vi.type.tensor_type.elem_type
+        for init in model.graph.initializer:
+            types[init.name] = init.data_type
+        # Q/DQ outputs/inputs are rarely listed in value_info: derive them from the ops.
+        for node in model.graph.node:
+            if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2]:
+                types.setdefault(node.output[0], types.get(node.input[2], 0))
+            if node.op_type.startswith("QLinear") or node.op_type == "QuantizeLinear":
+                for out in node.output:
+                    types.setdefault(out, onnx.TensorProto.UINT8)
+        return [
+            {
+                "name": node.name,
+                "op_type": _fused_label(node),
+                "domain": node.domain or "ai.onnx",
+                "precision": _precision_of(node, types),
+            }
+            for node in model.graph.node
+        ]
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -1,0 +1,1 @@
+"""Model bundle -> validated artifact: prepare, calibrate, quantize, build, validate, cache."""

@@ -1,0 +1,188 @@
+"""Model bundles: a directory holding ``model.yaml``, the ONNX file and (optionally) labels.
+
+:func:`load_bundle` validates ``model.yaml`` (errors carry file:line), checks that the ONNX file
+exists inside the bundle directory, reads the labels and hashes the model (the hash keys every
+cache above this layer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.config import ModelBundleConfig
+from agent.errors import ModelError
+from agent.yamlsrc import load_model_file
+
+if TYPE_CHECKING:
+    import onnx
+
+MODEL_YAML = "model.yaml"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A loaded, validated model bundle. ``onnx_sha256`` covers the ONNX file and any external
+    data files it references, so changed weights change the hash."""
+
+    directory: Path
+    config: ModelBundleConfig
+    onnx_path: Path
+    labels: tuple[str, ...]
+    onnx_sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_inside(path: Path, directory: Path) -> bool:
+    """True when ``path`` (symlinks and ``..`` resolved) lies inside ``directory``."""
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def external_data_files(onnx_path: Path) -> list[str]:
+    """Relative ``location``s of the external-data files an ONNX file references (sorted)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # not parseable: prepare() reports it with a proper message
+        return []
+    return sorted(external_locations(model))
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def external_locations(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """``location`` -> names of the tensors stored there, for every external-data tensor."""
+    import onnx
+
+    found: dict[str, list[str]] = {}
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            found.setdefault(location, []).append(tensor.name)
+    return found
+
+
+def onnx_sha256(onnx_path: Path) -> str:
+    """sha256 of the ONNX file, extended with the hashes of its external-data files."""
+    main = file_sha256(onnx_path)
+    extra = external_data_files(onnx_path)
+    if not extra:
+        return main
+    digest = hashlib.sha256(main.encode())
+    for location in extra:
+        data = onnx_path.parent / location
+        part = file_sha256(data) if data.is_file() else "missing"
+        digest.update(f"\0{location}\0{part}".encode())
+    return digest.hexdigest()
+
+
+def _read_labels(directory: Path, yaml_path: Path, labels: list[str] | str) -> tuple[str, ...]:
+    if isinstance(labels, list):
+        return tuple(labels)
+    label_path = directory / labels
+    if not is_inside(label_path, directory):
+        raise ModelError(
+            f"labels file '{labels}' resolves outside the bundle directory {directory}",
+            fix="keep the labels file inside the bundle and refer to it by a relative path",
+            path=yaml_path,
+        )
+    if not label_path.is_file():
+        raise ModelError(
+            f"labels file '{labels}' does not exist ({label_path})",
+            fix="put a labels file with one class name per line there, "
+            "or list the names under `labels:` in model.yaml",
+            path=yaml_path,
+        )
+    try:
+        text = label_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(
+            f"cannot read labels file: {exc}",
+            fix="make it a readable UTF-8 text file with one class name per line",
+            path=label_path,
+        ) from exc
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise ModelError(
+            "labels file is empty",
+            fix="write one class name per line, in the model's output order",
+            path=label_path,
+        )
+    return names
+
+
+def load_bundle(path: Path) -> ModelBundle:
+    """Load a bundle from its directory or from its ``model.yaml``.
+
+    Raises :class:`~agent.errors.ConfigError` for an invalid ``model.yaml`` (file:line issues)
+    and :class:`~agent.errors.ModelError` for a missing/misplaced ONNX or labels file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        directory, yaml_path = path, path / MODEL_YAML
+    else:
+        directory, yaml_path = path.parent, path
+    if not yaml_path.is_file():
+        if not path.exists():
+            raise ModelError(
+                "model bundle not found",
+                fix="pass a bundle directory containing model.yaml, or the model.yaml itself",
+                path=path,
+            )
+        raise ModelError(
+            f"no {MODEL_YAML} in the bundle directory",
+            fix=f"write {MODEL_YAML} (name, version, task, input, output) next to the ONNX file",
+            path=yaml_path,
+        )
+    config = load_model_file(yaml_path, ModelBundleConfig)
+    directory = directory.resolve()
+    onnx_path = directory / config.onnx
+    if not is_inside(onnx_path, directory):
+        raise ModelError(
+            f"onnx file '{config.onnx}' resolves outside the bundle directory {directory} "
+            "(a symlink leaving the bundle?)",
+            fix="copy the ONNX file into the bundle directory instead of linking to it",
+            path=yaml_path,
+        )
+    if not onnx_path.is_file():
+        raise ModelError(
+            f"onnx file '{config.onnx}' does not exist ({onnx_path})",
+            fix="copy the exported ONNX file into the bundle or fix `onnx:` in model.yaml",
+            path=yaml_path,
+        )
+    labels = _read_labels(directory, yaml_path, config.labels)
+    return ModelBundle(
+        directory=directory,
+        config=config,
+        onnx_path=onnx_path,
+        labels=labels,
+        onnx_sha256=onnx_sha256(onnx_path),
+    )
