@@ -1,0 +1,455 @@
+#!/usr/bin/env python3
+"""INT8 vs FP32 on the CPU backend: speed, accuracy, build cost.
+
+Builds the bundled detector and classifier and a ResNet-18-shaped CNN (random weights, 224x224,
+speed only) with the ``cpu`` device profile through the real build path (isolated children,
+validation gate, engine cache), then measures in one run:
+
+* batch-1 latency p50/p99 of the INT8 and FP32 artifacts, interleaved round-robin so that noise
+  hits both alike, and the speed-up ratio;
+* accuracy on the held-out test assets: classifier top-1 accuracy (``labels.json``) in float and
+  INT8 plus their top-1 agreement; detector mAP@0.5 (VOC all-point) in float and INT8 plus the
+  gate's matched-box agreement;
+* build and calibration times and the peak RSS of the build children.
+
+Prints a markdown table and writes everything as JSON to ``--out``.
+
+    python scripts/bench_engine.py --out bench.json [--seconds 10] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from agent.backends.base import get_backend  # noqa: E402
+from agent.config import DeviceProfile, ModelBundleConfig  # noqa: E402
+from agent.engine.build import BuildOutcome, build_engine  # noqa: E402
+from agent.engine.cache import Artifact  # noqa: E402
+from agent.engine.decode import box_iou, decode_yolov8  # noqa: E402
+from agent.engine.preprocess import load_image_or_npy, preprocess  # noqa: E402
+from agent.engine.validate import measure_latency  # noqa: E402
+from agent.fsutil import atomic_write_json  # noqa: E402
+
+MODELS = ROOT / "agent" / "data" / "models"
+HELDOUT = ROOT / "agent" / "data" / "heldout"
+CALIB = ROOT / "calib"
+
+
+# ---------------------------------------------------------------------------- ResNet-18-like
+
+
+def make_resnet18(path: Path, seed: int = 0, size: int = 224, classes: int = 1000) -> None:
+    """A ResNet-18-shaped ONNX model (BN folded into conv bias) with He-initialised weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    counter = {"n": 0}
+
+    def uid(prefix: str) -> str:
+        counter["n"] += 1
+        return f"{prefix}_{counter['n']}"
+
+    def conv(x: str, cin: int, cout: int, k: int, s: int, *, relu: bool = True) -> str:
+        name = uid("conv")
+        w = rng.normal(0, np.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k)).astype(np.float32)
+        b = rng.normal(0, 0.01, (cout,)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"{name}.w"))
+        inits.append(numpy_helper.from_array(b, f"{name}.b"))
+        out = f"{name}.out"
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}.w", f"{name}.b"],
+                [out],
+                name=name,
+                kernel_shape=[k, k],
+                strides=[s, s],
+                pads=[k // 2] * 4,
+            )
+        )
+        if not relu:
+            return out
+        r = f"{name}.relu"
+        nodes.append(helper.make_node("Relu", [out], [r], name=uid("relu")))
+        return r
+
+    def block(x: str, cin: int, cout: int, stride: int) -> str:
+        y = conv(x, cin, cout, 3, stride)
+        y = conv(y, cout, cout, 3, 1, relu=False)
+        short = x if stride == 1 and cin == cout else conv(x, cin, cout, 1, stride, relu=False)
+        s = uid("add")
+        nodes.append(helper.make_node("Add", [y, short], [s], name=s))
+        r = uid("relu")
+        nodes.append(helper.make_node("Relu", [s], [r], name=r))
+        return r
+
+    x = conv("images", 3, 64, 7, 2)
+    nodes.append(
+        helper.make_node(
+            "MaxPool",
+            [x],
+            ["pool"],
+            name="pool",
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+        )
+    )
+    x, cin = "pool", 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        x = block(x, cin, cout, stride)
+        x = block(x, cout, cout, 1)
+        cin = cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flat", axis=1))
+    fc_w = rng.normal(0, np.sqrt(1.0 / 512), (classes, 512)).astype(np.float32)
+    inits.append(numpy_helper.from_array(fc_w, "fc.w"))
+    inits.append(numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b"))
+    nodes.append(
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1)
+    )
+    graph = helper.make_graph(
+        nodes,
+        "resnet18_like",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+
+
+def make_resnet_bundle(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    make_resnet18(directory / "model.onnx")
+    (directory / "model.yaml").write_text(
+        "# ResNet-18-shaped CNN with random weights: for speed only.\n"
+        "name: resnet18-like\nversion: 1\ntask: classify\nonnx: model.onnx\n"
+        "input: {name: images, size: [224, 224], resize: stretch,\n"
+        "        mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}\n"
+        "output: {decode: softmax_topk, name: logits, top_k: 5}\n"
+        "tolerance: {top1_agreement_min: 0.0}  # random weights: the gate is not meaningful\n"
+    )
+    return directory
+
+
+# ---------------------------------------------------------------------------- accuracy
+
+
+def _bundle_config(artifact: Artifact) -> tuple[ModelBundleConfig, tuple[int, int]]:
+    cfg = ModelBundleConfig.model_validate(artifact.manifest["bundle"]["config"])
+    h, w = artifact.manifest["input_size_hw"]
+    return cfg, (int(h), int(w))
+
+
+def classifier_accuracy(artifacts: dict[str, Artifact], threads: int) -> dict[str, Any]:
+    labels = json.loads((HELDOUT / "shapes-cls" / "labels.json").read_text())
+    names = sorted(labels)
+    backend = get_backend(artifacts["fp32"].backend)
+    cfg, size = _bundle_config(artifacts["fp32"])
+    tensors = [
+        preprocess(load_image_or_npy(HELDOUT / "shapes-cls" / n), cfg.input, size)[0] for n in names
+    ]
+    truth = np.array([labels[n] for n in names])
+    preds: dict[str, np.ndarray] = {}
+    for prec, art in artifacts.items():
+        with backend.runner(art.dir, art.main_file, threads=threads) as runner:
+            preds[prec] = np.array(
+                [
+                    int(np.argmax(runner.infer({cfg.input.name: t})[cfg.output.name or "logits"]))
+                    for t in tensors
+                ]
+            )
+    acc = {p: float((v == truth).mean()) for p, v in preds.items()}
+    return {
+        "images": len(names),
+        "top1_fp32": acc["fp32"],
+        "top1_int8": acc["int8"],
+        "drop_points": round(100.0 * (acc["fp32"] - acc["int8"]), 3),
+        "top1_agreement": float((preds["int8"] == preds["fp32"]).mean()),
+    }
+
+
+def _average_precision(scores: np.ndarray, hits: np.ndarray, positives: int) -> float:
+    if positives == 0:
+        return float("nan")
+    if scores.size == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(hits[order])
+    fp = np.cumsum(1 - hits[order])
+    recall = tp / positives
+    precision = tp / np.maximum(tp + fp, 1e-9)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[1.0], precision, [0.0]])
+    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
+    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def detector_map(artifacts: dict[str, Artifact], threads: int) -> dict[str, Any]:
+    """mAP@0.5 (VOC all-point, conf 0.001) in source-image coordinates, per precision."""
+    labels = json.loads((HELDOUT / "shapes-det" / "labels.json").read_text())
+    names = sorted(labels)
+    backend = get_backend(artifacts["fp32"].backend)
+    cfg, size = _bundle_config(artifacts["fp32"])
+    frames = [
+        preprocess(load_image_or_npy(HELDOUT / "shapes-det" / n), cfg.input, size) for n in names
+    ]
+    classes = len(artifacts["fp32"].manifest["bundle"]["labels"])
+    out: dict[str, Any] = {"images": len(names)}
+    for prec, art in artifacts.items():
+        per_class: dict[int, list[tuple[float, int]]] = {c: [] for c in range(classes)}
+        positives = dict.fromkeys(range(classes), 0)
+        with backend.runner(art.dir, art.main_file, threads=threads) as runner:
+            for name, (tensor, info) in zip(names, frames, strict=True):
+                raw = runner.infer({cfg.input.name: tensor})[cfg.output.name or "output0"]
+                (dets,) = decode_yolov8(
+                    raw, conf=0.001, iou=cfg.output.iou_threshold, max_det=cfg.output.max_detections
+                )
+                boxes = info.to_source(dets.boxes)
+                gt = labels[name]
+                gt_boxes = np.array([g["box"] for g in gt], np.float32).reshape(-1, 4)
+                gt_cls = np.array([g["label"] for g in gt], np.int64)
+                for c in gt_cls:
+                    positives[int(c)] += 1
+                taken = np.zeros(len(gt), bool)
+                iou = box_iou(boxes, gt_boxes) if len(gt) else np.zeros((len(dets), 0))
+                for i in np.argsort(-dets.scores, kind="stable"):
+                    c = int(dets.class_ids[i])
+                    hit = 0
+                    if len(gt):
+                        cand = np.where((gt_cls == c) & ~taken, iou[i], 0.0)
+                        j = int(np.argmax(cand))
+                        if cand[j] >= 0.5:
+                            taken[j] = True
+                            hit = 1
+                    per_class[c].append((float(dets.scores[i]), hit))
+        aps = []
+        for c in range(classes):
+            items = per_class[c]
+            s = np.array([x[0] for x in items], np.float64)
+            h = np.array([x[1] for x in items], np.float64)
+            ap = _average_precision(s, h, positives[c])
+            if not np.isnan(ap):
+                aps.append(ap)
+        out[f"map50_{prec}"] = float(np.mean(aps)) if aps else 0.0
+    out["drop_points"] = round(100.0 * (out["map50_fp32"] - out["map50_int8"]), 3)
+    return out
+
+
+# ---------------------------------------------------------------------------- speed
+
+
+def interleaved_latency(
+    artifacts: dict[str, Artifact], seconds: float, threads: int
+) -> dict[str, Any]:
+    backend = get_backend(artifacts["fp32"].backend)
+    art = artifacts["fp32"]
+    spec = art.inputs[0]
+    shape = tuple(int(d) if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+    feed = {spec.name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+    runners = {p: backend.runner(a.dir, a.main_file, threads=threads) for p, a in artifacts.items()}
+    for r in runners.values():
+        r.activate()
+    try:
+        stats = measure_latency(runners, feed, warmup=20, iterations=100_000, max_seconds=seconds)
+    finally:
+        for r in runners.values():
+            r.deactivate()
+    out: dict[str, Any] = {
+        p: {
+            "p50_ms": round(s.p50_ms, 4),
+            "p99_ms": round(s.p99_ms, 4),
+            "mean_ms": round(s.mean_ms, 4),
+            "iterations": s.iterations,
+        }
+        for p, s in stats.items()
+    }
+    out["speedup_p50"] = round(stats["fp32"].p50_ms / stats["int8"].p50_ms, 3)
+    out["speedup_p99"] = round(stats["fp32"].p99_ms / stats["int8"].p99_ms, 3)
+    out["input_shape"] = list(shape)
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _build(bundle: Path, profile: DeviceProfile, calib: Path, cache: Path) -> BuildOutcome:
+    return build_engine(
+        bundle,
+        profile,
+        precision="auto",
+        calib_dir=calib,
+        cache_dir=cache,
+        force=True,
+        gate_seconds=2.0,
+    )
+
+
+def _with_calib_frames(profile: DeviceProfile, frames: int) -> DeviceProfile:
+    calibration = profile.build.calibration.model_copy(update={"frames": frames})
+    build = profile.build.model_copy(update={"calibration": calibration})
+    return profile.model_copy(update={"build": build})
+
+
+def _build_facts(outcome: BuildOutcome) -> dict[str, Any]:
+    int8 = outcome.artifacts["int8"].manifest
+    q = int8.get("quantization", {})
+    return {
+        "chosen": outcome.report.chosen,
+        "why": outcome.report.why,
+        "timings_s": {k: round(v, 3) for k, v in outcome.timings.items()},
+        "peak_rss_mib": None if outcome.peak_rss_mib is None else round(outcome.peak_rss_mib, 1),
+        "gate": {
+            p: {
+                "metric": r.metric,
+                "value": round(r.value, 4),
+                "passed": r.passed,
+                "p50_ms": None if r.p50_ms is None else round(r.p50_ms, 4),
+            }
+            for p, r in outcome.report.results.items()
+        },
+        "auto_excluded": q.get("auto_excluded", []),
+        "qdq_nodes": q.get("report", {}).get("qdq_nodes", {}),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agent.profiles import ProfileStore
+
+    parser = argparse.ArgumentParser(
+        description="INT8 vs FP32 on the CPU backend: speed, accuracy, build cost."
+    )
+    parser.add_argument("--out", default="bench_engine.json", help="JSON results file")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="interleaved latency budget per model (default 10)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
+    parser.add_argument("--models", default="det,cls,resnet", help="subset of det,cls,resnet")
+    parser.add_argument("--cache-dir", default=None, help="engine cache (default: a temp dir)")
+    parser.add_argument(
+        "--resnet-calib-frames",
+        type=int,
+        default=16,
+        help="calibration frames for the 224x224 ResNet (default 16: with the profile's 32, "
+        "ONNX Runtime's calibrator holds every frame's activations and exceeds the cpu "
+        "profile's 2 GiB build cap)",
+    )
+    args = parser.parse_args(argv)
+
+    profile = ProfileStore().load("cpu")
+    wanted = set(args.models.split(","))
+    flags = ""
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text()
+    results: dict[str, Any] = {
+        "host": {
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
+            "python": platform.python_version(),
+            "backend_version": get_backend("onnxruntime").version(),
+        },
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-engine.") as tmp:
+        cache = Path(args.cache_dir) if args.cache_dir else Path(tmp) / "cache"
+        jobs: list[tuple[str, Path, Path, DeviceProfile]] = []
+        if "det" in wanted:
+            jobs.append(("shapes-det", MODELS / "shapes-det", CALIB / "shapes-det", profile))
+        if "cls" in wanted:
+            jobs.append(("shapes-cls", MODELS / "shapes-cls", CALIB / "shapes-cls", profile))
+        if "resnet" in wanted:
+            jobs.append(
+                (
+                    "resnet18-like",
+                    make_resnet_bundle(Path(tmp) / "resnet18-like"),
+                    CALIB / "shapes-det",
+                    _with_calib_frames(profile, args.resnet_calib_frames),
+                )
+            )
+        for name, bundle, calib, prof in jobs:
+            print(f"building {name} ...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            outcome = _build(bundle, prof, calib, cache)
+            entry: dict[str, Any] = {"build": _build_facts(outcome)}
+            calibration = outcome.artifacts["int8"].manifest.get("calibration", {})
+            entry["build"]["calibration_frames"] = calibration.get("calib_frames")
+            entry["build"]["wall_s"] = round(time.perf_counter() - started, 2)
+            print(f"measuring {name} ...", file=sys.stderr, flush=True)
+            entry["latency"] = interleaved_latency(outcome.artifacts, args.seconds, args.threads)
+            if name == "shapes-cls":
+                entry["accuracy"] = classifier_accuracy(outcome.artifacts, args.threads)
+            elif name == "shapes-det":
+                entry["accuracy"] = detector_map(outcome.artifacts, args.threads)
+            results["models"][name] = entry
+
+    atomic_write_json(Path(args.out), results)
+    print(markdown(results))
+    return 0
+
+
+def markdown(results: dict[str, Any]) -> str:
+    host = results["host"]
+    lines = [
+        f"CPU backend (onnxruntime {host['backend_version']}), {host['cpu_count']} cores, "
+        f"VNNI={host['vnni']}, batch 1, interleaved INT8/FP32",
+        "",
+        "| model | FP32 p50 / p99 ms | INT8 p50 / p99 ms | speed-up p50 | accuracy FP32 → INT8 "
+        "| agreement | build s (calib) | peak RSS MiB | auto picks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in results["models"].items():
+        lat, b = m["latency"], m["build"]
+        acc = m.get("accuracy", {})
+        if "top1_fp32" in acc:
+            accuracy = (
+                f"top-1 {100 * acc['top1_fp32']:.2f} → {100 * acc['top1_int8']:.2f} % "
+                f"(−{acc['drop_points']:.2f} pt)"
+            )
+            agreement = f"top-1 {100 * acc['top1_agreement']:.1f} %"
+        elif "map50_fp32" in acc:
+            accuracy = (
+                f"mAP50 {100 * acc['map50_fp32']:.2f} → {100 * acc['map50_int8']:.2f} "
+                f"(−{acc['drop_points']:.2f} pt)"
+            )
+            agreement = f"boxes {100 * b['gate']['int8']['value']:.1f} %"
+        else:
+            accuracy, agreement = "n/a (random weights)", "-"
+        t = b["timings_s"]
+        total = sum(t.values())
+        lines.append(
+            f"| {name} | {lat['fp32']['p50_ms']:.3f} / {lat['fp32']['p99_ms']:.3f} "
+            f"| {lat['int8']['p50_ms']:.3f} / {lat['int8']['p99_ms']:.3f} "
+            f"| {lat['speedup_p50']:.2f}× | {accuracy} | {agreement} "
+            f"| {total:.1f} ({t.get('calibrate', 0):.1f}) | {b['peak_rss_mib']} | {b['chosen']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
