@@ -62,6 +62,7 @@ def test_backend_facade() -> None:
     ok, why = BACKEND.available()
     assert ok and "onnxruntime" in why
     assert BACKEND.version().count(".") >= 1
+    assert BACKEND.precisions == ("int8", "fp32")
 
 
 def test_build_float_and_run(tmp_path: Path) -> None:
@@ -105,6 +106,37 @@ def test_build_qdq_inspect_shows_int8(tmp_path: Path) -> None:
     with BACKEND.runner(tmp_path / "art", result.main_file) as runner:
         out = runner.infer({"images": np.zeros((1, 3, 32, 32), np.float32)})
     assert out["logits"].shape == (1, 4)
+
+
+def test_profile_layers_from_the_ort_profiler(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(convnet(), src)
+    result = BACKEND.build(_request(src, tmp_path / "art"))
+    feeds = {"images": np.zeros((1, 3, 32, 32), np.float32)}
+    layers = BACKEND.profile_layers(
+        tmp_path / "art", result.main_file, feeds, iterations=3, threads=1, dla_core=0
+    )
+    assert layers and {"name", "op_type", "calls", "total_us", "avg_ms", "percent"} <= set(
+        layers[0]
+    )
+    assert all(layer["calls"] == 3 for layer in layers)
+    assert [x["total_us"] for x in layers] == sorted((x["total_us"] for x in layers), reverse=True)
+    assert abs(sum(x["percent"] for x in layers) - 100.0) < 0.1
+    assert not list(Path.cwd().glob("ort_*.json"))  # the trace stays in a temporary directory
+    with pytest.raises(ModelError, match="missing"):
+        BACKEND.profile_layers(tmp_path / "empty", "model.onnx", feeds, iterations=1)
+
+
+def test_runner_ignores_dla_core(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(convnet(), src)
+    result = BACKEND.build(_request(src, tmp_path / "art"))
+    with BACKEND.runner(tmp_path / "art", result.main_file, dla_core=1) as runner:
+        assert isinstance(runner, OrtRunner)
+        assert runner.infer({"images": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (
+            1,
+            4,
+        )
 
 
 def test_inspect_float_graph_is_fp32(tmp_path: Path) -> None:

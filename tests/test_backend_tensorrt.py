@@ -23,7 +23,7 @@ from fakes.fake_tensorrt import (
 )
 
 from agent.backends import tensorrt as trtb
-from agent.backends.base import BuildRequest, InputShapes, get_backend
+from agent.backends.base import BuildRequest, InputShapes, get_backend, summarize_layer_times
 from agent.errors import ArtifactError, BackendUnavailable, BuildFailed
 
 MIB = 1024 * 1024
@@ -191,6 +191,7 @@ def test_get_backend_with_fake(monkeypatch: pytest.MonkeyPatch) -> None:
     assert backend is trtb.BACKEND and backend.name == "tensorrt"
     assert backend.version() == "10.3.0.30"
     assert backend.available() == (True, "TensorRT 10.3.0.30")
+    assert backend.precisions == ("int8", "fp16", "fp32")
 
 
 # --------------------------------------------------------------------------- build with the fake
@@ -405,6 +406,61 @@ def test_runner_rejects_engine_of_another_version(
         trtb.TrtRunner(tmp_path, "nope.plan", cuda=FakeCuda(other._fake.memory)).activate()
 
 
+def test_runner_sets_the_dla_core_before_deserializing(
+    tmp_path: Path, fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = _build(tmp_path, fake, dla_core=1)
+    rec = fake._fake
+    monkeypatch.setitem(sys.modules, "agent.backends.cuda", FakeCuda(rec.memory))
+    start = len(rec.calls)
+    with trtb.BACKEND.runner(tmp_path / "artifact", result.main_file, dla_core=1):
+        pass
+    calls = [c[0] for c in rec.calls[start:]]
+    assert ("runtime.DLA_core", 1) in rec.calls[start:]
+    assert calls.index("runtime.DLA_core") < calls.index("deserialize_cuda_engine")
+    start = len(rec.calls)
+    with trtb.TrtRunner(tmp_path / "artifact", result.main_file, cuda=FakeCuda(rec.memory)):
+        pass
+    assert not [c for c in rec.calls[start:] if c[0] == "runtime.DLA_core"]  # GPU: untouched
+
+
+def test_summarize_layer_times() -> None:
+    rows = summarize_layer_times(
+        [("a", "Conv", 100.0), ("b", "Relu", 300.0), ("a", "Conv", 100.0), ("b", "Relu", 300.0)]
+    )
+    assert rows == [
+        {"name": "b", "op_type": "Relu", "total_us": 600.0, "calls": 2, "avg_ms": 0.3,
+         "percent": 75.0},
+        {"name": "a", "op_type": "Conv", "total_us": 200.0, "calls": 2, "avg_ms": 0.1,
+         "percent": 25.0},
+    ]  # fmt: skip
+    assert summarize_layer_times([]) == []
+
+
+def test_profile_layers_aggregates_the_iprofiler_reports(
+    tmp_path: Path, fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    onnx_relu_model(tmp_path / "model.onnx", layers=2)
+    result = trtb.BACKEND.build(_request(tmp_path))
+    rec = fake._fake
+    cuda = FakeCuda(rec.memory)
+    monkeypatch.setitem(sys.modules, "agent.backends.cuda", cuda)  # what activate() imports
+    feeds = {"images": np.ones((2, 3, 4, 4), np.float32)}
+    layers = trtb.BACKEND.profile_layers(
+        tmp_path / "artifact", result.main_file, feeds, iterations=3
+    )
+    assert layers == [
+        {"name": "relu_1", "op_type": "Relu", "total_us": 1500.0, "calls": 3, "avg_ms": 0.5,
+         "percent": 66.67},
+        {"name": "relu", "op_type": "Relu", "total_us": 750.0, "calls": 3, "avg_ms": 0.25,
+         "percent": 33.33},
+    ]  # fmt: skip
+    assert rec.named("context.profiler") == [("context.profiler", "CollectingProfiler")]
+    assert not rec.named("enqueue_emits_profile")  # the default (True) is kept
+    assert len(rec.named("execute_async_v3")) == 4  # one warm-up, not counted, then 3
+    assert not cuda.live
+
+
 def test_inspect_lists_layers_with_precision(tmp_path: Path, fake: Any) -> None:
     result = _build(tmp_path, fake, precision="int8")
     layers = trtb.BACKEND.inspect(tmp_path / "artifact", result.main_file)
@@ -478,7 +534,7 @@ _NOT_IN_STUBS_10 = {
 FAKE_CLASSES = (
     "Builder", "IBuilderConfig", "INetworkDefinition", "ITensor", "OnnxParser", "ParserError",
     "IOptimizationProfile", "ITimingCache", "Runtime", "ICudaEngine", "IExecutionContext",
-    "EngineInspector", "ILogger",
+    "EngineInspector", "ILogger", "IProfiler",
 )  # fmt: skip
 FAKE_ENUMS = (
     "BuilderFlag", "NetworkDefinitionCreationFlag", "MemoryPoolType", "DeviceType",

@@ -10,7 +10,7 @@ Polygraphy style: ``activate`` allocates (sessions, contexts, buffers), ``infer`
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -118,7 +118,18 @@ class Runner(Protocol):
 
 
 class RunnerBase:
-    """Context-manager plumbing for runners."""
+    """Context-manager plumbing and the I/O specs (set by ``activate``) for runners."""
+
+    _inputs: tuple[TensorSpec, ...] = ()
+    _outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
 
     def activate(self) -> None:
         raise NotImplementedError
@@ -139,10 +150,31 @@ class RunnerBase:
         self.deactivate()
 
 
+def summarize_layer_times(samples: Iterable[tuple[str, str, float]]) -> list[dict[str, Any]]:
+    """``(layer name, op type, microseconds)`` per executed layer → one row per layer with
+    ``name, op_type, total_us, calls, avg_ms, percent``, the slowest first."""
+    totals: dict[str, dict[str, Any]] = {}
+    for name, op_type, micros in samples:
+        item = totals.setdefault(
+            name, {"name": name, "op_type": op_type, "total_us": 0.0, "calls": 0}
+        )
+        item["total_us"] += float(micros)
+        item["calls"] += 1
+    grand = sum(i["total_us"] for i in totals.values()) or 1.0
+    layers = sorted(totals.values(), key=lambda i: -i["total_us"])
+    for item in layers:
+        item["avg_ms"] = round(item["total_us"] / max(1, item["calls"]) / 1000.0, 4)
+        item["percent"] = round(100.0 * item["total_us"] / grand, 2)
+        item["total_us"] = round(item["total_us"], 1)
+    return layers
+
+
 class Backend(Protocol):
-    """A backend module's facade: capability check, builder and runner factory."""
+    """A backend module's facade: capability check, builder, runner factory and profiler."""
 
     name: str
+    #: precisions ``build`` accepts
+    precisions: tuple[str, ...]
 
     def available(self) -> tuple[bool, str]:
         """(usable here?, why not / version string)."""
@@ -152,7 +184,25 @@ class Backend(Protocol):
 
     def build(self, request: BuildRequest, progress: ProgressFn = no_progress) -> BuildResult: ...
 
-    def runner(self, artifact_dir: Path, main_file: str, *, threads: int = 0) -> Runner: ...
+    def runner(
+        self, artifact_dir: Path, main_file: str, *, threads: int = 0, dla_core: int | None = None
+    ) -> Runner:
+        """A runner for the artifact; ``dla_core``: the DLA core it was built for (or None)."""
+        ...
+
+    def profile_layers(
+        self,
+        artifact_dir: Path,
+        main_file: str,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        iterations: int,
+        threads: int = 0,
+        dla_core: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per-layer time over ``iterations`` runs of ``feeds`` (rows of
+        :func:`summarize_layer_times`, the slowest first)."""
+        ...
 
     def inspect(self, artifact_dir: Path, main_file: str) -> list[dict[str, Any]]:
         """Layers after fusion with their precision."""

@@ -25,11 +25,8 @@ Workspace (``set_memory_pool_limit(WORKSPACE)``), one optimization profile, the 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +44,10 @@ from agent.backends.base import (
     RunnerBase,
     TensorSpec,
     no_progress,
+    summarize_layer_times,
 )
 from agent.errors import ArtifactError, BackendUnavailable, BuildFailed
+from agent.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     import tensorrt as trt_types
@@ -299,27 +298,6 @@ def plan_build(request: BuildRequest, caps: Capabilities) -> BuildPlan:
 # --------------------------------------------------------------------------- helpers
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """tmp file → fsync → rename → fsync(dir), so a power cut leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 _NP_DTYPES = {
     "FLOAT": "float32",
     "HALF": "float16",
@@ -384,6 +362,29 @@ def _make_logger() -> trt_types.ILogger:
                 self.warnings.append(str(msg))
 
     return CollectingLogger()
+
+
+@dataclass
+class _LayerTimes:
+    """What a profiler from :func:`_make_profiler` collects: (layer name, ms) per layer run."""
+
+    recording: bool = True
+    times: list[tuple[str, float]] = field(default_factory=list[tuple[str, float]])
+
+
+def _make_profiler(sink: _LayerTimes) -> trt_types.IProfiler:
+    """A ``trt.IProfiler`` whose ``report_layer_time`` appends to ``sink`` while it records."""
+    import tensorrt as trt
+
+    class CollectingProfiler(trt.IProfiler):
+        def __init__(self) -> None:
+            trt.IProfiler.__init__(self)
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            if sink.recording:
+                sink.times.append((str(layer_name), float(ms)))
+
+    return CollectingProfiler()
 
 
 def _messages(logger: trt_types.ILogger) -> _Log:
@@ -563,11 +564,14 @@ def _io_specs(
 
 
 def _deserialize(
-    logger: trt_types.ILogger, data: bytes, path: Path
+    logger: trt_types.ILogger, data: bytes, path: Path, dla_core: int | None = None
 ) -> tuple[trt_types.Runtime, trt_types.ICudaEngine]:
+    """Runtime + engine from the plan bytes; ``dla_core``: the DLA core to load it on."""
     import tensorrt as trt
 
     runtime = trt.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
     engine = runtime.deserialize_cuda_engine(data)  # pyright: ignore[reportUnknownMemberType]
     if _is_none(engine):
         raise ArtifactError(
@@ -629,13 +633,13 @@ def build_engine(request: BuildRequest, progress: ProgressFn = no_progress) -> B
     del parser
 
     engine_path = request.out_dir / ENGINE_FILE
-    atomic_write(engine_path, data)
+    atomic_write_bytes(engine_path, data)
     progress("build", 0.9, f"wrote {engine_path} ({len(data) / MIB:.1f} MiB)")
     if plan.timing_cache is not None:
         cache_bytes = bytes(memoryview(config.get_timing_cache().serialize()))
-        atomic_write(plan.timing_cache, cache_bytes)
+        atomic_write_bytes(plan.timing_cache, cache_bytes)
 
-    _runtime, engine = _deserialize(logger, data, engine_path)
+    _runtime, engine = _deserialize(logger, data, engine_path, plan.dla_core)
     inputs, outputs = _io_specs(engine, caps)
     info: dict[str, Any] = {
         "tensorrt_version": caps.version,
@@ -671,17 +675,25 @@ class TrtRunner(RunnerBase):
     """Runs one serialized engine: one execution context, one CUDA stream, grow-only device and
     pinned host buffers per tensor. Not thread-safe: give each worker its own runner.
 
-    ``cuda`` is the CUDA layer (:mod:`agent.backends.cuda` by default); tests inject a fake.
+    ``dla_core``: the DLA core the engine was built for (``Runtime.DLA_core`` is set to it before
+    deserializing); None for GPU engines. ``cuda`` is the CUDA layer (:mod:`agent.backends.cuda`
+    by default); tests inject a fake.
     """
 
     def __init__(
-        self, artifact_dir: Path, main_file: str, *, threads: int = 0, cuda: Any = None
+        self,
+        artifact_dir: Path,
+        main_file: str,
+        *,
+        threads: int = 0,
+        dla_core: int | None = None,
+        cuda: Any = None,
     ) -> None:
         self.path = artifact_dir / main_file
         self.threads = threads  # TensorRT runs on the GPU; kept for the Runner signature
+        self.dla_core = dla_core
         self._cuda: Any = cuda
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
+        self._profile: _LayerTimes | None = None
         self._caps = Capabilities()
         self._logger: trt_types.ILogger | None = None
         self._runtime: trt_types.Runtime | None = None
@@ -690,14 +702,6 @@ class TrtRunner(RunnerBase):
         self._stream: Any = None
         self._device: dict[str, Any] = {}
         self._host: dict[str, Any] = {}
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     @property
     def active(self) -> bool:
@@ -711,7 +715,7 @@ class TrtRunner(RunnerBase):
             self._cuda = importlib.import_module("agent.backends.cuda")
         data = _read_engine(self.path)
         self._logger = _make_logger()
-        self._runtime, self._engine = _deserialize(self._logger, data, self.path)
+        self._runtime, self._engine = _deserialize(self._logger, data, self.path, self.dla_core)
         context = self._engine.create_execution_context()
         if _is_none(context):
             raise BackendUnavailable(
@@ -738,6 +742,7 @@ class TrtRunner(RunnerBase):
             self._context = None
             self._engine = None
             self._runtime = None
+            self._profile = None
 
     def _buffers(self, name: str, nbytes: int) -> tuple[Any, Any]:
         """Device and pinned host buffers of at least ``nbytes`` for ``name`` (grow-only)."""
@@ -801,6 +806,33 @@ class TrtRunner(RunnerBase):
             cuda.copy_dtoh_async(results[spec.name], self._device[spec.name], stream)
         stream.synchronize()
         return {name: np.array(view, copy=True) for name, view in results.items()}
+
+    def profile_layers(
+        self, feeds: Mapping[str, NDArray[Any]], *, iterations: int
+    ) -> list[dict[str, Any]]:
+        """Per-layer time of ``iterations`` inferences (after one warm-up), reported by a
+        ``trt.IProfiler`` set as the execution context's ``profiler``. ``enqueue_emits_profile``
+        keeps its default (True): each enqueue reports its layers' times itself. The profiler
+        stays attached, not recording, until ``deactivate``."""
+        context = self._context
+        if context is None or self._engine is None:
+            raise RuntimeError("runner is not active; use it as a context manager")
+        if self._profile is None:
+            self._profile = _LayerTimes()
+            context.profiler = _make_profiler(self._profile)
+        profile = self._profile
+        profile.recording = False
+        self.infer(feeds)  # warm-up: first-run set-up is not layer time
+        profile.times.clear()
+        profile.recording = True
+        try:
+            for _ in range(max(1, iterations)):
+                self.infer(feeds)
+        finally:
+            profile.recording = False
+        types = {layer["name"]: layer["type"] for layer in _inspector_layers(self._engine)}
+        times = list(profile.times)
+        return summarize_layer_times((n, types.get(n, "?"), ms * 1000.0) for n, ms in times)
 
     def _infer_bindings(self, feeds: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         """TensorRT < 8.5 only: index-based bindings and ``execute_async_v2``. Reached through an
@@ -902,11 +934,21 @@ def layers_from_inspector_json(text: str) -> list[dict[str, Any]]:
     return layers
 
 
+def _inspector_layers(engine: trt_types.ICudaEngine) -> list[dict[str, Any]]:
+    """:func:`layers_from_inspector_json` of ``engine`` (empty without an engine inspector)."""
+    import tensorrt as trt
+
+    if not hasattr(engine, "create_engine_inspector"):
+        return []
+    inspector = engine.create_engine_inspector()
+    return layers_from_inspector_json(
+        inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    )
+
+
 def inspect_engine(artifact_dir: Path, main_file: str) -> list[dict[str, Any]]:
     """Layers after fusion, with their precision, read with the engine inspector."""
     caps = detect_capabilities(load_trt())
-    import tensorrt as trt
-
     if not caps.engine_inspector:
         raise BackendUnavailable(
             f"TensorRT {caps.version} has no engine inspector",
@@ -914,10 +956,7 @@ def inspect_engine(artifact_dir: Path, main_file: str) -> list[dict[str, Any]]:
         )
     path = artifact_dir / main_file
     _runtime, engine = _deserialize(_make_logger(), _read_engine(path), path)
-    inspector = engine.create_engine_inspector()
-    return layers_from_inspector_json(
-        inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-    )
+    return _inspector_layers(engine)
 
 
 # --------------------------------------------------------------------------- facade
@@ -927,6 +966,7 @@ class TensorRTBackend:
     """:class:`agent.backends.base.Backend` for TensorRT."""
 
     name = "tensorrt"
+    precisions: tuple[str, ...] = ("int8", "fp16", "fp32")
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -943,8 +983,24 @@ class TensorRTBackend:
     def build(self, request: BuildRequest, progress: ProgressFn = no_progress) -> BuildResult:
         return build_engine(request, progress)
 
-    def runner(self, artifact_dir: Path, main_file: str, *, threads: int = 0) -> TrtRunner:
-        return TrtRunner(artifact_dir, main_file, threads=threads)
+    def runner(
+        self, artifact_dir: Path, main_file: str, *, threads: int = 0, dla_core: int | None = None
+    ) -> TrtRunner:
+        return TrtRunner(artifact_dir, main_file, threads=threads, dla_core=dla_core)
+
+    def profile_layers(
+        self,
+        artifact_dir: Path,
+        main_file: str,
+        feeds: Mapping[str, NDArray[Any]],
+        *,
+        iterations: int,
+        threads: int = 0,
+        dla_core: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per-layer time from a ``trt.IProfiler`` (see :meth:`TrtRunner.profile_layers`)."""
+        with self.runner(artifact_dir, main_file, threads=threads, dla_core=dla_core) as runner:
+            return runner.profile_layers(feeds, iterations=iterations)
 
     def inspect(self, artifact_dir: Path, main_file: str) -> list[dict[str, Any]]:
         return inspect_engine(artifact_dir, main_file)

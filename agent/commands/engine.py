@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from agent.commands.common import format_table
 from agent.errors import ArtifactError, EdgeAgentError, ModelError
 
 log = logging.getLogger(__name__)
@@ -33,18 +34,6 @@ PRECISION_CHOICES = ("int8", "fp16", "fp32", "auto")
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain left-aligned text table."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _print_json(data: Any, stream: IO[str] | None = None, *, indent: int | None = 2) -> None:
@@ -122,6 +111,13 @@ def _load(path: str) -> tuple[Any, Any]:
 
     artifact = load_artifact(Path(path))
     return artifact, get_backend(artifact.backend)
+
+
+def _dla_core(artifact: Any) -> int | None:
+    """The DLA core the artifact was built for, from the cache key in its manifest."""
+    key = artifact.manifest.get("key")
+    core = key.get("dla_core") if isinstance(key, dict) else None
+    return core if isinstance(core, int) else None
 
 
 # ---------------------------------------------------------------------------- build
@@ -303,8 +299,10 @@ def run_bench(
     feed = {name: rng.random(shape, dtype=np.float32).astype(dtype)}
     if threads <= 0 and streams > 1:
         threads = max(1, (os.cpu_count() or 1) // streams)
+    dla_core = _dla_core(artifact)
     runners = [
-        backend.runner(artifact.dir, artifact.main_file, threads=threads) for _ in range(streams)
+        backend.runner(artifact.dir, artifact.main_file, threads=threads, dla_core=dla_core)
+        for _ in range(streams)
     ]
     samples: list[list[float]] = [[] for _ in range(streams)]
     errors: list[BaseException] = []
@@ -378,62 +376,6 @@ def run_bench(
     }
 
 
-def profile_layers(
-    artifact: Any, backend: Any, feed: dict[str, np.ndarray], *, iterations: int, threads: int
-) -> list[dict[str, Any]]:
-    """Per-layer time: the backend's own profiler when it has one, else ONNX Runtime's."""
-    hook = getattr(backend, "profile_layers", None)
-    if callable(hook):
-        result = hook(artifact.dir, artifact.main_file, feed, iterations=iterations)
-        return list(result)  # type: ignore[arg-type]
-    if artifact.backend != "onnxruntime":
-        raise ArtifactError(
-            f"per-layer profiling is not available for backend {artifact.backend}",
-            fix="run bench without --per-layer",
-        )
-    import tempfile
-
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.log_severity_level = 3
-    if threads > 0:
-        options.intra_op_num_threads = threads
-    with tempfile.TemporaryDirectory(prefix="edge-agent-prof.") as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(
-            str(artifact.main_path), options, providers=["CPUExecutionProvider"]
-        )
-        for _ in range(max(1, iterations)):
-            session.run(None, feed)
-        trace = Path(session.end_profiling())
-        events = json.loads(trace.read_text())
-    totals: dict[str, dict[str, Any]] = {}
-    for ev in events:
-        if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
-            continue
-        node = str(ev["name"]).removesuffix("_kernel_time")
-        item = totals.setdefault(
-            node,
-            {
-                "name": node,
-                "op_type": ev.get("args", {}).get("op_name", "?"),
-                "total_us": 0.0,
-                "calls": 0,
-            },
-        )
-        item["total_us"] += float(ev.get("dur", 0))
-        item["calls"] += 1
-    grand = sum(i["total_us"] for i in totals.values()) or 1.0
-    layers = sorted(totals.values(), key=lambda i: -i["total_us"])
-    for item in layers:
-        item["avg_ms"] = round(item["total_us"] / max(1, item["calls"]) / 1000.0, 4)
-        item["percent"] = round(100.0 * item["total_us"] / grand, 2)
-        item["total_us"] = round(item["total_us"], 1)
-    return layers
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     artifact, backend = _load(args.artifact)
     if args.batch < 1 or args.streams < 1:
@@ -450,8 +392,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.per_layer:
         shape = tuple(result["input"]["shape"])
         feed = {result["input"]["name"]: np.random.default_rng(0).random(shape, dtype=np.float32)}
-        layers = profile_layers(
-            artifact, backend, feed, iterations=max(5, args.warmup), threads=args.threads
+        layers = backend.profile_layers(
+            artifact.dir,
+            artifact.main_file,
+            feed,
+            iterations=max(5, args.warmup),
+            threads=args.threads,
+            dla_core=_dla_core(artifact),
         )
         result["layers"] = layers[: args.top]
     if args.json:
@@ -541,7 +488,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     expected = (1, 3, h, w) if config.input.layout == "NCHW" else (1, h, w, 3)
     out_dir = Path(args.out) if args.out else None
     results: list[dict[str, Any]] = []
-    with backend.runner(artifact.dir, artifact.main_file, threads=args.threads) as runner:
+    runner = backend.runner(
+        artifact.dir, artifact.main_file, threads=args.threads, dla_core=_dla_core(artifact)
+    )
+    with runner:
         for raw_path in args.inputs:
             path = Path(raw_path)
             if not path.is_file():

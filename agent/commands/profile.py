@@ -9,18 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from agent.commands.common import format_table
 from agent.profiles import ProfileStore, detect
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A plain left-aligned text table."""
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _store(args: argparse.Namespace) -> ProfileStore:

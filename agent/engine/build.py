@@ -51,9 +51,7 @@ from agent.engine.validate import (
 from agent.errors import BackendUnavailable, BuildFailed, CalibrationError, ValidationFailed
 
 __all__ = [
-    "BACKEND_PRECISIONS",
     "BuildOutcome",
-    "backend_precisions",
     "build_engine",
     "default_cache_dir",
     "resolve_calib_dir",
@@ -63,11 +61,6 @@ log = logging.getLogger(__name__)
 
 RequestedPrecision = Literal["int8", "fp16", "fp32", "auto"]
 
-#: Precisions each backend can build (used when the backend does not say).
-BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("int8", "fp32"),
-    "tensorrt": ("int8", "fp16", "fp32"),
-}
 REFERENCE = "fp32 onnxruntime CPU (prepared float model)"
 _MIN_WORKSPACE_MIB = 16
 
@@ -107,13 +100,6 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     if xdg:
         return Path(xdg) / "edge-agent"
     return Path(".cache") / "edge-agent"
-
-
-def backend_precisions(backend_name: str, backend: object | None = None) -> tuple[str, ...]:
-    declared = getattr(backend, "precisions", None) if backend is not None else None
-    if isinstance(declared, (tuple, list)) and declared:
-        return tuple(str(p) for p in declared)
-    return BACKEND_PRECISIONS.get(backend_name, ("fp32",))
 
 
 def resolve_calib_dir(bundle: ModelBundle, calib_dir: Path | None, cwd: Path | None = None) -> Path:
@@ -290,7 +276,7 @@ def build_engine(
     backend_name = build_cfg.backend
     backend: Backend = get_backend(backend_name)
     backend_version = backend.version()
-    supported = backend_precisions(backend_name, backend)
+    supported = backend.precisions
 
     if precision == "auto":
         wanted = [p for p in build_cfg.precisions if p in supported]
@@ -513,12 +499,14 @@ def build_engine(
             runners: dict[str, Runner] = {}
             for cand in candidates:
                 if cand.artifact is not None:
-                    runner = backend.runner(
-                        cand.artifact.dir, cand.artifact.main_file, threads=threads
-                    )
+                    where, main_file = cand.artifact.dir, cand.artifact.main_file
                 else:
                     assert cand.staged is not None and cand.result is not None
-                    runner = backend.runner(cand.staged, cand.result.main_file, threads=threads)
+                    where, main_file = cand.staged, cand.result.main_file
+                # the cache key carries the DLA core the engine was built for
+                runner = backend.runner(
+                    where, main_file, threads=threads, dla_core=cand.key.dla_core
+                )
                 stack.enter_context(runner)
                 runners[cand.precision] = runner
             feeds = [{input_name: np.ascontiguousarray(t)} for t in calib.heldout]

@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from agent.engine.bundle import onnx_sha256
 from agent.engine.calibration import CalibrationSet, FrameReader
 from agent.engine.prepare import PreparedModel
 from agent.errors import CalibrationError, ModelError
+from agent.fsutil import fsync_dir, fsync_file
 
 __all__ = ["RECIPES", "QuantizedModel", "Recipe", "calibration_cache_key", "quantize"]
 
@@ -189,17 +189,10 @@ def _method_enum(method: str):
 
 
 def _fsync_file(path: Path) -> None:
+    """Make ``path`` and its directory entry durable (best effort)."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_file(path)
+        fsync_dir(path.parent)
 
 
 def _cached_ranges_ok(cache_path: Path, method: str) -> bool:

@@ -13,7 +13,10 @@ generations differ where TensorRT does:
 
 Every call is recorded in ``module._fake.calls`` as ``(method, *args)``; the built "engine" is
 JSON behind a magic prefix, and its execution context computes ``relu(first input)`` for each
-output through the fake device memory, so a runner round-trip is checkable.
+output through the fake device memory, so a runner round-trip is checkable. With an
+``IProfiler`` set as the context's ``profiler`` (and ``enqueue_emits_profile`` left True), each
+execution calls ``report_layer_time`` once per layer with ``module._fake.layer_ms[name]``
+(default ``0.25 * (index + 1)`` ms).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class Recorder:
     networks: list[Any] = field(default_factory=list)
     configs: list[Any] = field(default_factory=list)
     profiles: list[Any] = field(default_factory=list)
+    layer_ms: dict[str, float] = field(default_factory=dict)
 
     def record(self, *call: Any) -> None:
         self.calls.append(call)
@@ -529,11 +533,58 @@ def make_fake_tensorrt(version: str = "10.3") -> types.ModuleType:
                 json.loads(self.get_engine_information(format))["Layers"][layer_index]
             )
 
+    class IProfiler:
+        def __init__(self) -> None:
+            pass
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            raise NotImplementedError
+
     class IExecutionContext:
         def __init__(self, engine: ICudaEngine) -> None:
             self.engine = engine
             self.shapes: dict[str, tuple[int, ...]] = {}
             self.addresses: dict[str, int] = {}
+            self._profiler: IProfiler | None = None
+            self._emits = True
+            self._pending: list[tuple[str, float]] = []
+
+        @property
+        def profiler(self) -> IProfiler | None:
+            return self._profiler
+
+        @profiler.setter
+        def profiler(self, value: IProfiler) -> None:
+            rec.record("context.profiler", type(value).__name__)
+            assert isinstance(value, IProfiler), "the profiler must subclass trt.IProfiler"
+            self._profiler = value
+
+        @property
+        def enqueue_emits_profile(self) -> bool:
+            return self._emits
+
+        @enqueue_emits_profile.setter
+        def enqueue_emits_profile(self, value: bool) -> None:
+            rec.record("enqueue_emits_profile", value)
+            self._emits = bool(value)
+
+        def report_to_profiler(self) -> bool:
+            if self._profiler is None:
+                return False
+            for name, ms in self._pending:
+                self._profiler.report_layer_time(name, ms)
+            self._pending.clear()
+            return True
+
+        def _profile(self) -> None:
+            if self._profiler is None:
+                return
+            self._pending = [
+                (name, rec.layer_ms.get(name, 0.25 * (i + 1)))
+                for i, (name, _op, _precision) in enumerate(self.engine.body["layers"])
+            ]
+            if self._emits:
+                self.report_to_profiler()
 
         def set_input_shape(self, name: str, shape: Any) -> bool:
             shape = _as_tuple(shape)
@@ -580,6 +631,7 @@ def make_fake_tensorrt(version: str = "10.3") -> types.ModuleType:
             for out in self.engine.body["outputs"]:
                 dst = rec.memory.block(addresses[out["name"]])
                 dst[: len(y)] = y
+            self._profile()
             return True
 
     class ICudaEngine:
@@ -686,7 +738,16 @@ def make_fake_tensorrt(version: str = "10.3") -> types.ModuleType:
     class Runtime:
         def __init__(self, logger: ILogger) -> None:
             self.logger = logger
-            self.DLA_core = -1
+            self._dla_core = -1
+
+        @property
+        def DLA_core(self) -> int:  # noqa: N802 - the TensorRT name
+            return self._dla_core
+
+        @DLA_core.setter
+        def DLA_core(self, value: int) -> None:  # noqa: N802
+            rec.record("runtime.DLA_core", value)
+            self._dla_core = value
 
         def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
             data = bytes(serialized_engine)
@@ -709,7 +770,7 @@ def make_fake_tensorrt(version: str = "10.3") -> types.ModuleType:
     for obj in (
         ILogger, Logger, Dims, IHostMemory, ITensor, INetworkDefinition, ParserError, OnnxParser,
         IOptimizationProfile, ITimingCache, IBuilderConfig, Builder, EngineInspector,
-        IExecutionContext, ICudaEngine, Runtime, volume, nptype,
+        IProfiler, IExecutionContext, ICudaEngine, Runtime, volume, nptype,
     ):  # fmt: skip
         setattr(mod, obj.__name__, obj)
     return mod
@@ -795,14 +856,20 @@ class FakeCuda:
         )
 
 
-def onnx_relu_model(path: Path, *, input_name: str = "images", channels: int = 3) -> Path:
-    """A tiny ONNX model ``Relu(images[N, C, 4, 4])`` with a dynamic batch, for the fake."""
+def onnx_relu_model(
+    path: Path, *, input_name: str = "images", channels: int = 3, layers: int = 1
+) -> Path:
+    """A tiny ONNX model ``Relu(images[N, C, 4, 4])`` with a dynamic batch, for the fake; with
+    ``layers > 1`` a chain of Relu nodes named ``relu``, ``relu_1``, ..."""
     from onnx import TensorProto, helper, save
 
     x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", channels, 4, 4])
     y = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", channels, 4, 4])
-    graph = helper.make_graph(
-        [helper.make_node("Relu", [input_name], ["scores"], name="relu")], "g", [x], [y]
-    )
+    names = [input_name] + [f"h{i}" for i in range(1, layers)] + ["scores"]
+    nodes = [
+        helper.make_node("Relu", [names[i]], [names[i + 1]], name="relu" + (f"_{i}" if i else ""))
+        for i in range(layers)
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [y])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
