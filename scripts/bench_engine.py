@@ -354,10 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resnet-calib-frames",
         type=int,
-        default=16,
-        help="calibration frames for the 224x224 ResNet (default 16: with the profile's 32, "
-        "ONNX Runtime's calibrator holds every frame's activations and exceeds the cpu "
-        "profile's 2 GiB build cap)",
+        default=None,
+        help="calibration frames for the 224x224 ResNet (default: the profile's)",
     )
     args = parser.parse_args(argv)
 
@@ -389,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                     "resnet18-like",
                     make_resnet_bundle(Path(tmp) / "resnet18-like"),
                     CALIB / "shapes-det",
-                    _with_calib_frames(profile, args.resnet_calib_frames),
+                    profile
+                    if args.resnet_calib_frames is None
+                    else _with_calib_frames(profile, args.resnet_calib_frames),
                 )
             )
         for name, bundle, calib, prof in jobs:
