@@ -319,14 +319,19 @@ def yolo_like() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_float_tail_keeps_the_decode_head_float(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
-    model = yolo_like()
-    assert float_tail(model) == ["box_scale", "cls_act", "head_concat", "head_reshape"]
-    bundle = load_bundle(make_bundle(tmp_path, model))
-    prepared = prepare(bundle, cpu_profile, tmp_path / "w")
+def _yolo_setup(
+    tmp_path: Path, profile: DeviceProfile
+) -> tuple[PreparedModel, CalibrationSet, np.ndarray]:
+    """The yolo-like bundle prepared and calibrated, and its float output on a held-out frame."""
+    bundle = load_bundle(make_bundle(tmp_path, yolo_like()))
+    prepared = prepare(bundle, profile, tmp_path / "w")
     calib = load_calibration_set(_frames(tmp_path / "calib", 10), bundle, (32, 32), 8, 2)
-    x = np.concatenate(calib.heldout)
-    ref = _run(prepared.path, x[:1])
+    return prepared, calib, _run(prepared.path, calib.heldout[0])
+
+
+def test_float_tail_keeps_the_decode_head_float(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    assert float_tail(yolo_like()) == ["box_scale", "cls_act", "head_concat", "head_reshape"]
+    prepared, calib, ref = _yolo_setup(tmp_path, cpu_profile)
     q = quantize(
         prepared,
         calib,
@@ -337,7 +342,7 @@ def test_float_tail_keeps_the_decode_head_float(tmp_path: Path, cpu_profile: Dev
         auto_exclude=False,
     )
     assert set(q.report["float_tail"]) <= set(q.excluded_nodes)
-    out = _run(q.path, x[:1])
+    out = _run(q.path, calib.heldout[0])
     assert channel_error(ref[:, 4:], out[:, 4:]) < 0.05  # scores survive: no shared scale
 
 
@@ -349,12 +354,7 @@ def test_auto_exclusion_keeps_the_destructive_concat_float(
     monkeypatch.setitem(
         RECIPES, "no-tail", dataclasses.replace(RECIPES["onnxruntime"], keep_tail_float=False)
     )
-    bundle = load_bundle(make_bundle(tmp_path, yolo_like()))
-    prepared = prepare(bundle, cpu_profile, tmp_path / "w")
-    calib = load_calibration_set(_frames(tmp_path / "calib", 10), bundle, (32, 32), 8, 2)
-    x = np.concatenate(calib.heldout)
-    ref = _run(prepared.path, x[:1])
-
+    prepared, calib, ref = _yolo_setup(tmp_path, cpu_profile)
     naive = quantize(
         prepared,
         calib,
@@ -364,7 +364,7 @@ def test_auto_exclusion_keeps_the_destructive_concat_float(
         cache_dir=tmp_path,
         auto_exclude=False,
     )
-    out = _run(naive.path, x[:1])
+    out = _run(naive.path, calib.heldout[0])
     assert channel_error(ref[:, 4:], out[:, 4:]) > 0.2  # the scores are destroyed
 
     q = quantize(
@@ -377,7 +377,7 @@ def test_auto_exclusion_keeps_the_destructive_concat_float(
     )
     assert "head_concat" in q.auto_excluded and "head_concat" in q.excluded_nodes
     assert q.report["node_error_before"]["head_concat"] > 0.2
-    out = _run(q.path, x[:1])
+    out = _run(q.path, calib.heldout[0])
     assert channel_error(ref[:, 4:], out[:, 4:]) < 0.05
     assert np.abs(out[:, 4:] - ref[:, 4:]).max() < 0.05
 
