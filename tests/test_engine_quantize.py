@@ -101,13 +101,13 @@ def test_calibration_folder_errors(
     bundle = tiny[0]
     with pytest.raises(CalibrationError, match="does not exist") as info:
         load_calibration_set(tmp_path / "missing", bundle, (32, 32), 8, 4)
-    assert "calib-collect" in str(info.value)
+    assert "calib/README.md" in str(info.value)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no frames here")
     with pytest.raises(CalibrationError, match="no calibration frames") as info:
         load_calibration_set(empty, bundle, (32, 32), 8, 4)
-    assert str(empty) in str(info.value) and "64+ JPEGs" in str(info.value)
+    assert str(empty) in str(info.value) and "JPEGs from this device" in str(info.value)
     few = _frames(tmp_path / "few", 5)
     with pytest.raises(CalibrationError, match="only 5 frames") as info:
         load_calibration_set(few, bundle, (32, 32), 8, 4)

@@ -114,7 +114,7 @@ def resolve_calib_dir(bundle: ModelBundle, calib_dir: Path | None, cwd: Path | N
             return candidate
     raise CalibrationError(
         "no calibration frames found (looked in " + " and ".join(str(c) for c in candidates) + ")",
-        fix="put 64+ frames from the camera in calib/<model name>/ or pass --calib DIR",
+        fix="put camera frames in calib/<model name>/ (see calib/README.md) or pass --calib DIR",
         path=candidates[0],
     )
 

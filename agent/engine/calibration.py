@@ -35,8 +35,9 @@ CALIB_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 MIN_CALIB_FRAMES = 4
 
 _FIX = (
-    "collect frames with `edge-agent calib-collect` or copy 64+ JPEGs from the camera here "
-    "(frames like the ones the model will see)"
+    "copy at least the profile's calibration frames + held-out frames (96 for most profiles) "
+    "JPEGs from this device's cameras here, scenes like the ones the model will see "
+    "(calib/README.md says how)"
 )
 
 

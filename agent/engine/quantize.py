@@ -506,8 +506,8 @@ def quantize(
     if not calib.calib:
         raise CalibrationError(
             "the calibration set is empty",
-            fix="collect frames with `edge-agent calib-collect` or copy 64+ JPEGs into the "
-            "model's calibration folder",
+            fix="copy JPEGs from this device's cameras into the model's calibration folder "
+            "(calib/README.md says how)",
         )
     model = onnx.load(str(prepared.path), load_external_data=False)
     node_names = [n.name for n in model.graph.node]
