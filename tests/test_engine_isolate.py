@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +57,33 @@ def test_allocation_past_the_cap_is_out_of_memory() -> None:
     assert "1024 MiB" in str(err)
 
 
+def _grow(progress, mib_per_step: int, steps: int) -> int:
+    # Touch the pages so they are resident (RSS), like a builder filling its buffers.
+    blocks = []
+    for i in range(steps):
+        blocks.append(np.ones(mib_per_step << 20, dtype=np.uint8))
+        progress("build", (i + 1) / steps, f"{(i + 1) * mib_per_step} MiB")
+        time.sleep(0.05)
+    return len(blocks)
+
+
+def test_resident_memory_watch_kills_a_gpu_style_build() -> None:
+    # Without RLIMIT_AS (as for CUDA backends) the parent's RSS watch enforces the cap.
+    with pytest.raises(BuildFailed) as info:
+        run_isolated(
+            _grow,
+            (64, 40),
+            memory_cap_mib=400,
+            timeout_s=60,
+            workspace_mib=128,
+            limit_address_space=False,
+        )
+    err = info.value
+    assert err.out_of_memory
+    assert "resident memory reached" in str(err)
+    assert err.memory_cap_mib == 400
+
+
 def test_timeout_kills_the_child() -> None:
     started = time.monotonic()
     with pytest.raises(BuildFailed) as info:
@@ -98,3 +126,23 @@ def test_bad_alloc_text_is_out_of_memory() -> None:
     assert info.value.out_of_memory
     assert is_out_of_memory_text("Failed to allocate memory for requested buffer")
     assert not is_out_of_memory_text("Invalid model: unsupported op")
+
+
+def test_cuda_backends_get_no_address_space_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.backends.base import BuildRequest
+    from agent.engine import isolate
+
+    seen: dict[str, bool] = {}
+
+    def fake_run_isolated(target, args, **kwargs):  # records the choice, runs nothing
+        seen[args[0]] = kwargs["limit_address_space"]
+        raise BuildFailed("stop here")
+
+    monkeypatch.setattr(isolate, "run_isolated", fake_run_isolated)
+    request = BuildRequest(
+        onnx_path=Path("/m.onnx"), out_dir=Path("/o"), precision="int8", shapes={}, workspace_mib=64
+    )
+    for backend in ("tensorrt", "onnxruntime"):
+        with pytest.raises(BuildFailed):
+            isolate.build_isolated(backend, request, memory_cap_mib=512, timeout_s=5)
+    assert seen == {"tensorrt": False, "onnxruntime": True}

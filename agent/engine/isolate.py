@@ -3,7 +3,11 @@
 Builds (TensorRT tactic search, ONNX Runtime graph optimisation, quantisation) can use a lot of
 memory, and on a Jetson the CPU and GPU share it: a build that runs away must not take the
 serving process with it. So the build runs in a child started with the ``spawn`` method, in its
-own process group, with ``RLIMIT_AS`` set *before* the backend is imported. The parent relays the
+own process group, under a memory cap enforced two ways: ``RLIMIT_AS`` set *before* the backend
+is imported (CPU backends only: CUDA reserves far more virtual address space than it uses, so
+an address-space limit would break TensorRT's CUDA initialisation), and the parent watching the
+child's resident memory (``/proc/<pid>/status`` ``VmRSS``) and killing it past the cap. The
+parent relays the
 child's progress messages to its :data:`ProgressFn`, kills the whole process group when the
 timeout expires, and turns every way the child can fail into :class:`BuildFailed`:
 
@@ -61,6 +65,7 @@ _OOM_MARKERS = (
     "outofmemory",
 )
 _POLL_S = 0.05
+_CUDA_BACKENDS = frozenset({"tensorrt"})
 _MIB = 1 << 20
 
 
@@ -110,7 +115,7 @@ def _peak_rss_mib() -> float:
     return rss / 1024.0 if sys.platform.startswith("linux") else rss / _MIB
 
 
-def child_main(channel: Any, job_path: str, memory_cap_mib: int | None) -> None:
+def child_main(channel: Any, job_path: str, address_space_cap_mib: int | None) -> None:
     """Entry point of the child process (top level so ``spawn`` can pickle it).
 
     Sets the memory cap, then loads ``(target, args)`` from the pickle at ``job_path`` (so the
@@ -131,7 +136,7 @@ def child_main(channel: Any, job_path: str, memory_cap_mib: int | None) -> None:
             channel.put(("progress", str(stage), float(fraction), str(message)))
 
     try:
-        _limit_memory(memory_cap_mib)
+        _limit_memory(address_space_cap_mib)
         with open(job_path, "rb") as handle:
             target, args = pickle.load(handle)
         value = target(progress, *args)
@@ -185,6 +190,18 @@ def backend_build_target(
 # ---------------------------------------------------------------------------- parent side
 
 
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of ``pid`` from ``/proc/<pid>/status`` (None where unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _kill_group(process: Any) -> None:
     pid = process.pid
     if pid is None:
@@ -224,8 +241,13 @@ def run_isolated(
     workspace_mib: int | None = None,
     what: str = "build",
     scratch_dir: str | os.PathLike[str] | None = None,
+    limit_address_space: bool = True,
 ) -> IsolatedOutcome[T]:
     """Run ``target(progress, *args)`` in a spawned child and return its value.
+
+    The child is killed when its resident memory passes ``memory_cap_mib``; with
+    ``limit_address_space`` (CPU-only work) ``RLIMIT_AS`` is set to the cap as well, so an
+    allocation past it fails inside the child with a clear MemoryError.
 
     ``target`` must be a module-level function (it is pickled by reference); ``target`` and
     ``args`` are pickled into a file under ``scratch_dir`` (default: the system temp dir).
@@ -238,6 +260,7 @@ def run_isolated(
         return _run_job(
             job_path,
             memory_cap_mib=memory_cap_mib,
+            limit_address_space=limit_address_space,
             timeout_s=timeout_s,
             progress=progress,
             workspace_mib=workspace_mib,
@@ -249,6 +272,7 @@ def _run_job(
     job_path: str,
     *,
     memory_cap_mib: int | None,
+    limit_address_space: bool,
     timeout_s: float,
     progress: ProgressFn,
     workspace_mib: int | None,
@@ -258,7 +282,7 @@ def _run_job(
     channel = ctx.Queue()
     process = ctx.Process(
         target=child_main,
-        args=(channel, job_path, memory_cap_mib),
+        args=(channel, job_path, memory_cap_mib if limit_address_space else None),
         name=f"edge-agent-{what}",
         daemon=True,
     )
@@ -266,6 +290,7 @@ def _run_job(
     deadline = started + float(timeout_s)
     final: tuple[Any, ...] | None = None
     timed_out = False
+    over_cap: float | None = None
     process.start()
     log.info(
         "started isolated process",
@@ -282,6 +307,12 @@ def _run_job(
             if remaining <= 0:
                 timed_out = True
                 break
+            if memory_cap_mib is not None and process.pid is not None:
+                rss = rss_mib(process.pid)
+                if rss is not None and rss > memory_cap_mib:
+                    over_cap = rss
+                    _kill_group(process)
+                    break
             try:
                 message = channel.get(timeout=min(_POLL_S * 4, remaining))
             except queue.Empty:
@@ -319,6 +350,13 @@ def _run_job(
             "build.optimization_level so the builder searches fewer tactics",
             workspace_mib=workspace_mib,
             memory_cap_mib=memory_cap_mib,
+        )
+    if over_cap is not None:
+        raise _oom_error(
+            what,
+            f"its resident memory reached {over_cap:.0f} MiB and it was killed",
+            workspace_mib,
+            memory_cap_mib,
         )
     if final is not None and final[0] == "ok":
         return IsolatedOutcome(final[1], final[2], wall)
@@ -410,4 +448,6 @@ def build_isolated(
         workspace_mib=request.workspace_mib,
         what=f"{backend_name} {request.precision} build",
         scratch_dir=scratch_dir,
+        # CUDA maps large virtual ranges at init; only the RSS watch caps GPU backends.
+        limit_address_space=backend_name not in _CUDA_BACKENDS,
     )
