@@ -22,6 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     from agent.commands import config as config_cmds
     from agent.commands import engine as engine_cmds
+    from agent.commands import monitor as monitor_cmds
     from agent.commands import profile as profile_cmds
 
     parser = argparse.ArgumentParser(
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmds.register(sub)
     profile_cmds.register(sub)
     engine_cmds.register(sub)
+    monitor_cmds.register(sub)
     return parser
 
 

@@ -103,6 +103,13 @@ class ValidationFailed(EdgeAgentError):
     """A candidate engine did not pass the validation gate against the float reference."""
 
 
+class JtopUnavailable(EdgeAgentError):
+    """jtop cannot be used here: not installed, or its service does not answer.
+
+    :func:`agent.monitor.select.open_source` catches it and falls back to sysfs.
+    """
+
+
 class SourceError(EdgeAgentError):
     """A camera/video source cannot be opened or read."""
 

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from agent.commands.common import format_table
+from agent.commands.common import format_table, resolve_profile
 from agent.errors import ArtifactError, EdgeAgentError, ModelError
 
 log = logging.getLogger(__name__)
@@ -92,18 +92,6 @@ class ProgressPrinter:
             self._bar = None
 
 
-def _resolve_profile(name: str, profiles_dir: str | None) -> tuple[Any, str | None, str]:
-    """(profile, l4t release, how it was chosen)."""
-    from agent.profiles import ProfileStore, detect, read_board
-
-    store = ProfileStore(Path(profiles_dir) if profiles_dir else None)
-    if name == "auto":
-        found = detect(Path("/"), store)
-        return store.load(found.profile), found.board.l4t_release, found.reason
-    board = read_board(Path("/"))
-    return store.load(name), board.l4t_release, f"--profile {name}"
-
-
 def _load(path: str) -> tuple[Any, Any]:
     """(artifact, backend) for an artifact directory given on the command line."""
     from agent.backends.base import get_backend
@@ -126,7 +114,7 @@ def _dla_core(artifact: Any) -> int | None:
 def _cmd_build(args: argparse.Namespace) -> int:
     from agent.engine.build import build_engine, default_cache_dir
 
-    profile, l4t, how = _resolve_profile(args.profile, args.profiles_dir)
+    profile, l4t, how = resolve_profile(args.profile, args.profiles_dir)
     precision = args.precision or profile.build.default_precision
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     printer = ProgressPrinter()

@@ -1,0 +1,262 @@
+"""Readings from jtop (jetson-stats): the only module that imports ``jtop``, lazily.
+
+jtop's client talks to the ``jtop.service`` daemon over ``/run/jtop.sock``; the service reads the
+board. Names below are jetson-stats' own (checked against its source, tags 4.2.x/4.3.1 and 7.x):
+
+* ``jtop.jtop(interval=1.0)``: a ``threading.Thread``; ``start()`` connects and raises
+  ``JtopException`` ("The jtop.service is not active..." when the socket is missing or refuses)
+  (``jtop/jtop.py``, ``jtop.start``); a Thread starts once, so reconnecting needs a new client;
+  ``ok(spin=True)`` returns whether the reader thread still runs without blocking, and re-raises
+  the error that stopped it ("Lost connection with jtop server", ``jtop._get_data``);
+  ``close()`` stops it.
+* ``.power``: ``{'rail': {name: {'volt', 'curr', 'power', 'avg', 'online', ...}}, 'tot': {...}}``
+  in mV/mA/**mW**; ``tot`` is the ``VDD_IN``/``POM_5V_IN`` rail (moved out of ``rail`` and given a
+  ``'name'``) or the sum of all rails (``jtop/core/power.py``, ``total_power``).
+* ``.temperature``: ``{name: {'temp': °C, 'online': bool}}``; offline = -256
+  (``jtop/core/temperature.py``, ``TEMPERATURE_OFFLINE``). Names are jtop's: ``cpu``, ``tj``...
+* ``.memory``: ``['RAM']['tot'|'used'|'free'|...]`` and ``['SWAP']['tot'|'used']`` in **kB**
+  (``jtop/jtop.py``, ``memory`` docstring; ``jtop/core/memory.py``).
+* ``.gpu``: dict-like of GPUs, each ``['status']['load']`` in % (``jtop/core/gpu.py``:
+  ``float(load) / 10.0``).
+* ``.cpu``: ``{'total': {'user', 'nice', 'system', 'idle'}, 'cpu': [...]}`` in %.
+* ``.nvpmodel``: ``None`` or an ``NVPModel`` with ``.name`` / ``.id`` (``jtop/core/nvpmodel.py``).
+
+**The fork side effect.** jetson-stats 7.x's ``jtop/service.py`` (imported by ``jtop/jtop.py``,
+hence by ``import jtop``) calls ``multiprocessing.set_start_method("fork", force=True)`` at import
+(added in 2026 for Python 3.14). That would change the start method of this whole process.
+:func:`import_jtop` saves the start method before the import and restores it after. Our own
+children never rely on the global method anyway: they use
+``multiprocessing.get_context("spawn")`` explicitly. jtop's client needs no forked children (it
+connects to the service's manager over a socket), so restoring the method is safe for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any
+
+from agent.errors import JtopUnavailable
+from agent.monitor.host import WarnOnce
+from agent.monitor.sample import MemorySample, Sample
+
+log = logging.getLogger(__name__)
+
+_FIX_SERVICE = "start it with `sudo systemctl restart jtop.service`, or let the agent use sysfs"
+_FIX_INSTALL = "install jetson-stats (`sudo pip3 install -U jetson-stats`) or let it use sysfs"
+
+
+def import_jtop() -> ModuleType:
+    """``import jtop`` with its import-time side effect on multiprocessing undone.
+
+    Raises :class:`JtopUnavailable` when jetson-stats is not installed or fails to import.
+    """
+    saved = multiprocessing.get_start_method(allow_none=True)
+    try:
+        module = importlib.import_module("jtop")
+    except Exception as exc:  # ImportError, or anything its import-time code raises
+        raise JtopUnavailable(f"cannot import jtop: {exc}", fix=_FIX_INSTALL) from exc
+    finally:
+        after = multiprocessing.get_start_method(allow_none=True)
+        if after != saved:
+            multiprocessing.set_start_method(saved, force=True)
+            log.debug("importing jtop set the start method to %r; restored %r", after, saved)
+    return module
+
+
+def _default_factory(interval: float) -> Callable[[], Any]:
+    module = import_jtop()
+
+    def make() -> Any:
+        return module.jtop(interval=interval)
+
+    return make
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class JtopSource:
+    """Readings from the jtop service.
+
+    ``factory`` builds a jtop client (default: ``jtop.jtop(interval=...)`` from the real package);
+    tests pass a fake. Construction connects and raises :class:`JtopUnavailable` when that fails
+    (one warning logged). When the service disappears later, ``read()`` returns a sample with
+    every board field unknown, warns once, and tries a new client at most every
+    ``reconnect_interval_s`` seconds; it logs when the service is back.
+    """
+
+    name = "jtop"
+
+    def __init__(
+        self,
+        factory: Callable[[], Any] | None = None,
+        *,
+        interval: float = 1.0,
+        reconnect_interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._wall = wall_clock
+        self._reconnect_s = reconnect_interval_s
+        self._warn = WarnOnce(log)
+        try:
+            self._factory = factory if factory is not None else _default_factory(interval)
+        except JtopUnavailable as exc:
+            log.warning("jtop is not available: %s", exc)
+            raise
+        self._client: Any = None
+        self._last_attempt = clock()
+        try:
+            self._client = self._connect()
+        except JtopUnavailable as exc:
+            log.warning("jtop service is not running or not reachable: %s", exc)
+            raise
+
+    # ------------------------------------------------------------------ connection
+
+    def _connect(self) -> Any:
+        try:
+            client = self._factory()
+            client.start()
+        except Exception as exc:  # JtopException, socket errors, version mismatch
+            raise JtopUnavailable(f"jtop.service did not answer: {exc}", fix=_FIX_SERVICE) from exc
+        return client
+
+    def _drop(self, reason: str) -> None:
+        self._warn.warn(
+            "jtop.service",
+            f"lost the jtop service ({reason}); fields are unknown until it comes back, "
+            f"retrying every {self._reconnect_s:g} s",
+        )
+        client, self._client = self._client, None
+        self._last_attempt = self._clock()
+        try:
+            client.close()
+        except Exception as exc:  # a half-dead client may fail to close; it is gone anyway
+            log.debug("closing the lost jtop client failed: %s", exc)
+
+    def _alive(self) -> bool:
+        if self._client is None:
+            now = self._clock()
+            if now - self._last_attempt < self._reconnect_s:
+                return False
+            self._last_attempt = now
+            try:
+                self._client = self._connect()
+            except JtopUnavailable as exc:
+                log.debug("jtop reconnect failed: %s", exc)
+                return False
+            self._warn.ok("jtop.service")
+            log.info("jtop service is back")
+        try:
+            running = bool(self._client.ok(spin=True))
+        except Exception as exc:  # ok() re-raises the error that stopped jtop's reader thread
+            self._drop(str(exc) or type(exc).__name__)
+            return False
+        if not running:
+            self._drop("its reader thread stopped")
+            return False
+        return True
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self) -> Sample:
+        if not self._alive():
+            return Sample(ts=self._wall(), source=self.name)
+        client = self._client
+        rails, board = self._field("power", client, self._power, ({}, None))
+        return Sample(
+            ts=self._wall(),
+            source=self.name,
+            power_w=rails,
+            board_power_w=board,
+            temps_c=self._field("temperature", client, self._temps, {}),
+            memory=self._field("memory", client, self._memory, MemorySample()),
+            gpu_load_pct=self._field("gpu", client, self._gpu, None),
+            cpu_load_pct=self._field("cpu", client, self._cpu, None),
+            power_mode=self._field("nvpmodel", client, self._mode, None),
+        )
+
+    def _field(self, key: str, client: Any, getter: Callable[[Any], Any], empty: Any) -> Any:
+        try:
+            value = getter(client)
+        except Exception as exc:  # a shape jtop did not promise: this field is unknown
+            self._warn.warn(f"jtop.{key}", f"jtop's .{key} has an unexpected shape ({exc!r})")
+            return empty
+        self._warn.ok(f"jtop.{key}")
+        return value
+
+    @staticmethod
+    def _power(client: Any) -> tuple[dict[str, float | None], float | None]:
+        power: Mapping[str, Any] = client.power or {}
+        rails: dict[str, float | None] = {}
+        for name, rail in (power.get("rail") or {}).items():
+            mw = _num(rail.get("power"))
+            rails[str(name)] = mw / 1000.0 if mw is not None and rail.get("online", True) else None
+        tot = power.get("tot") or {}
+        tot_mw = _num(tot.get("power"))
+        board = tot_mw / 1000.0 if tot_mw is not None else None
+        if "name" in tot:  # total_power() moved VDD_IN / POM_5V_IN out of 'rail'
+            rails[str(tot["name"])] = board
+        return rails, board
+
+    @staticmethod
+    def _temps(client: Any) -> dict[str, float | None]:
+        temps: dict[str, float | None] = {}
+        for name, zone in (client.temperature or {}).items():
+            value = _num(zone.get("temp"))
+            online = zone.get("online", True) and value is not None and value != -256
+            temps[str(name)] = value if online else None
+        return temps
+
+    @staticmethod
+    def _memory(client: Any) -> MemorySample:
+        memory = client.memory
+        ram, swap = memory["RAM"], memory.get("SWAP") or {}
+
+        def mib(value: Any) -> float | None:
+            kib = _num(value)
+            return None if kib is None else kib / 1024.0
+
+        total, used = mib(ram.get("tot")), mib(ram.get("used"))
+        return MemorySample(
+            total_mib=total,
+            used_mib=used,
+            # jtop's RAM 'used' excludes buffers and cache, so total - used is what is available
+            available_mib=total - used if total is not None and used is not None else None,
+            swap_total_mib=mib(swap.get("tot")),
+            swap_used_mib=mib(swap.get("used")),
+        )
+
+    @staticmethod
+    def _gpu(client: Any) -> float | None:
+        for gpu in client.gpu.values():
+            return _num(gpu["status"]["load"])
+        return None
+
+    @staticmethod
+    def _cpu(client: Any) -> float | None:
+        idle = _num(client.cpu["total"]["idle"])
+        return None if idle is None else max(0.0, min(100.0, 100.0 - idle))
+
+    @staticmethod
+    def _mode(client: Any) -> str | None:
+        nvp = client.nvpmodel
+        return None if nvp is None else str(nvp.name)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception as exc:  # closing must not fail the shutdown
+                log.debug("closing the jtop client failed: %s", exc)

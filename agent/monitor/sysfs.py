@@ -1,0 +1,363 @@
+"""Readings from a Jetson's sysfs/procfs, read directly (no jtop, no tegrastats, no root).
+
+Every path is relative to ``root`` (``/`` on the board, a fixture tree in tests). What is read,
+and where the layout comes from (see ``tests/fixtures/sysfs/README.md`` for the citations):
+
+Power (INA3221; kernel ``Documentation/hwmon/ina3221.rst``, jetson-stats ``jtop/core/power.py``)
+    JetPack 5/6 (hwmon): ``sys/bus/i2c/drivers/ina3221/<bus>-<addr>/hwmon/hwmon*/`` with
+    ``in<N>_label`` (rail name), ``in<N>_input`` (bus voltage, mV), ``curr<N>_input`` (mA);
+    W = mV·mA/1e6. Channels labelled ``NC`` (not connected, AGX Orin) and channel 7 (the sum
+    of shunt voltages) are skipped. ``curr<N>_crit_alarm`` / ``curr<N>_max_alarm`` are the
+    INA3221 critical/warning alerts.
+    L4T ≤ 32 (iio): ``sys/bus/i2c/drivers/ina3221x/<bus>-<addr>/iio:device*/`` with
+    ``rail_name_<N>`` and ``in_power<N>_input`` (mW), or ``in_voltage<N>_input`` (mV) ×
+    ``in_current<N>_input`` (mA).
+    Board input power is the ``VDD_IN`` or ``POM_5V_IN`` rail; boards without one (AGX Orin)
+    get the sum of all rails, as jetson-stats does (``total_power``).
+Temperatures
+    ``sys/devices/virtual/thermal/thermal_zone*/{type,temp}`` (m°C); ``-256000`` = offline.
+GPU load
+    ``load`` (per mille, 0-1000) of the GPU device: found through ``sys/class/devfreq/*`` whose
+    ``device/of_node/name`` is a Tegra GPU name (jetson-stats ``jtop/core/gpu.py``), else at the
+    known device paths (``bus@0/17000000.gpu`` on L4T R36, ``17000000.ga10b`` on R35 Orin,
+    ``17000000.gv11b`` on Xavier, ``gpu.0`` on Nano/TX).
+Power mode
+    ``var/lib/nvpmodel/status`` (``pmode:0002``: what ``nvpmodel`` stores as the active mode)
+    mapped to a name by ``etc/nvpmodel.conf``'s ``< POWER_MODEL ID=2 NAME=MAXN_SUPER >``
+    lines; without a status file, the conf's ``< PM_CONFIG DEFAULT=n >`` is the active mode
+    (nvpmodel applies the default when its user data file is absent).
+Throttling
+    ``oc1``/``oc2``/``oc3``: the Orin BPMP over-current event counters
+    (``sys/class/hwmon/hwmon*`` named ``soctherm_oc``: ``oc<N>_event_cnt``) went up since the
+    previous read (OC1 under-voltage, OC2 average and OC3 instantaneous over-current);
+    ``oc_alarm``: any of those, or an INA3221 crit/max alarm is set; ``thermal``: a non-fan
+    thermal cooling device is active (``cur_state > 0``). A reason that cannot be judged yet
+    (first read) is absent, not False.
+Memory and CPU
+    ``proc/meminfo`` and two reads of ``proc/stat`` (shared with :mod:`agent.monitor.host`).
+
+A missing or garbage file makes that field None and logs one warning per field; ``read()``
+never raises for bad data.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from agent.monitor.host import (
+    CpuLoad,
+    WarnOnce,
+    read_int,
+    read_memory,
+    read_text,
+    read_thermal_zones,
+    zone_sort_key,
+)
+from agent.monitor.sample import Sample
+
+log = logging.getLogger(__name__)
+
+# Rails that carry the board/module input (jetson-stats total_power(): "POM_5V_IN", "VDD_IN").
+BOARD_INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
+# Device-tree names of Tegra integrated GPUs (jetson-stats find_igpu()).
+_GPU_OF_NAMES = ("gpu", "ga10b", "gv11b", "gp10b", "gm20b")
+# Known GPU device directories, newest layout first.
+_GPU_DEVICE_DIRS = (
+    "sys/devices/platform/bus@0/17000000.gpu",  # Orin, L4T R36 (JetPack 6)
+    "sys/devices/platform/17000000.gpu",
+    "sys/devices/platform/17000000.ga10b",  # Orin, L4T R35 (JetPack 5)
+    "sys/devices/17000000.ga10b",
+    "sys/devices/platform/17000000.gv11b",  # Xavier, L4T R35
+    "sys/devices/17000000.gv11b",  # Xavier, L4T R32
+    "sys/devices/gpu.0",  # Nano / TX1 / TX2
+    "sys/devices/platform/gpu.0",
+)
+_INA_DRIVERS = ("sys/bus/i2c/drivers/ina3221", "sys/bus/i2c/drivers/ina3221x")
+_HWMON_LABEL = re.compile(r"^in(\d+)_label$")
+_IIO_RAIL = re.compile(r"^rail_name_(\d+)$")
+_PMODE = re.compile(r"pmode:\s*(\d+)")
+_POWER_MODEL = re.compile(r"<\s*POWER_MODEL\s+ID=(\d+)\s+NAME=([^\s>]+)\s*>")
+_PM_DEFAULT = re.compile(r"<\s*PM_CONFIG\s+DEFAULT=(\d+)\s*>")
+_OC_COUNT = re.compile(r"^oc(\d+)_event_cnt$")
+_SUM_OF_SHUNTS = 7
+_FAN_COOLING = re.compile(r"fan", re.IGNORECASE)
+
+
+class SysfsSource:
+    """A Jetson read through its sysfs/procfs files under ``root``.
+
+    ``cpu_interval_state`` is the previous ``/proc/stat`` reading that CPU load is the delta
+    from; pass one to carry it over from an earlier source (a re-opened monitor keeps giving a
+    load on its first read), or leave it None to start fresh (first read: CPU load None).
+    """
+
+    name = "sysfs"
+
+    def __init__(
+        self,
+        root: Path = Path("/"),
+        *,
+        cpu_interval_state: CpuLoad | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = Path(root)
+        self._wall = wall_clock
+        self._warn = WarnOnce(log)
+        self._cpu = cpu_interval_state if cpu_interval_state is not None else CpuLoad()
+        self._oc_prev: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def read(self) -> Sample:
+        rails, alarms = self._read_power()
+        throttling = self._read_throttling(alarms)
+        thermal = self.root / "sys/devices/virtual/thermal"
+        if not thermal.is_dir():
+            thermal = self.root / "sys/class/thermal"
+        return Sample(
+            ts=self._wall(),
+            source=self.name,
+            power_w=rails,
+            board_power_w=self._board_power(rails),
+            temps_c=read_thermal_zones(thermal, self._warn),
+            memory=read_memory(self.root / "proc/meminfo", self._warn),
+            gpu_load_pct=self._read_gpu_load(),
+            cpu_load_pct=self._cpu.update(self.root / "proc/stat", self._warn),
+            power_mode=self._read_power_mode(),
+            throttling=throttling,
+        )
+
+    def close(self) -> None:
+        """Nothing is held open between reads."""
+
+    # ------------------------------------------------------------------ power
+
+    def _ina_devices(self) -> Iterator[Path]:
+        """INA3221 device directories, each once (drivers/ina3221*/<bus>-<addr>)."""
+        seen: set[Path] = set()
+        for driver in _INA_DRIVERS:
+            base = self.root / driver
+            if not base.is_dir():
+                continue
+            for dev in sorted(base.iterdir()):
+                if not dev.is_dir() or not re.match(r"^\d+-[0-9a-fA-F]{4}$", dev.name):
+                    continue
+                real = dev.resolve()
+                if real not in seen:
+                    seen.add(real)
+                    yield dev
+
+    def _read_power(self) -> tuple[dict[str, float | None], list[bool]]:
+        rails: dict[str, float | None] = {}
+        alarms: list[bool] = []
+        found = False
+        for dev in self._ina_devices():
+            for hwmon in sorted(dev.glob("hwmon/hwmon*"), key=zone_sort_key):
+                found = True
+                self._read_hwmon_rails(hwmon, rails, alarms)
+            for iio in sorted(dev.glob("iio:device*"), key=zone_sort_key):
+                found = True
+                self._read_iio_rails(iio, rails)
+        if not found:
+            self._warn.warn(
+                "power",
+                f"{self.root}: no INA3221 power monitor under {' or '.join(_INA_DRIVERS)}; "
+                "power is unknown",
+            )
+        else:
+            self._warn.ok("power")
+        return rails, alarms
+
+    def _rail_name(self, label_path: Path, rails: dict[str, float | None]) -> str | None:
+        raw = read_text(label_path)
+        if raw is None or not raw.strip():
+            self._warn.warn(f"label[{label_path}]", f"{label_path}: unreadable rail label")
+            return None
+        name = raw.strip()
+        if name == "NC":  # channel not connected (AGX Orin's second monitor)
+            return None
+        return name if name not in rails else f"{name}@{label_path.parent.name}"
+
+    def _read_hwmon_rails(
+        self, hwmon: Path, rails: dict[str, float | None], alarms: list[bool]
+    ) -> None:
+        for label in sorted(hwmon.glob("in*_label")):
+            match = _HWMON_LABEL.match(label.name)
+            if not match or int(match.group(1)) == _SUM_OF_SHUNTS:
+                continue
+            num = match.group(1)
+            name = self._rail_name(label, rails)
+            if name is None:
+                continue
+            millivolt = read_int(hwmon / f"in{num}_input")
+            milliamp = read_int(hwmon / f"curr{num}_input")
+            key = f"power[{name}]"
+            if millivolt is None or milliamp is None or millivolt < 0:
+                self._warn.warn(
+                    key,
+                    f"{hwmon}: in{num}_input/curr{num}_input missing or not integers; "
+                    f"{name} power is unknown",
+                )
+                rails[name] = None
+            else:
+                self._warn.ok(key)
+                rails[name] = millivolt * milliamp / 1e6
+            for kind in ("crit", "max"):
+                flag = read_int(hwmon / f"curr{num}_{kind}_alarm")
+                if flag is not None:
+                    alarms.append(flag != 0)
+
+    def _read_iio_rails(self, iio: Path, rails: dict[str, float | None]) -> None:
+        for label in sorted(iio.glob("rail_name_*")):
+            match = _IIO_RAIL.match(label.name)
+            if not match:
+                continue
+            num = match.group(1)
+            name = self._rail_name(label, rails)
+            if name is None:
+                continue
+            key = f"power[{name}]"
+            milliwatt = read_int(iio / f"in_power{num}_input")
+            if milliwatt is None:
+                millivolt = read_int(iio / f"in_voltage{num}_input")
+                milliamp = read_int(iio / f"in_current{num}_input")
+                if millivolt is not None and milliamp is not None:
+                    milliwatt = millivolt * milliamp // 1000
+            if milliwatt is None or milliwatt < 0:
+                self._warn.warn(
+                    key, f"{iio}: in_power{num}_input missing or garbage; {name} is unknown"
+                )
+                rails[name] = None
+            else:
+                self._warn.ok(key)
+                rails[name] = milliwatt / 1000.0
+
+    def _board_power(self, rails: dict[str, float | None]) -> float | None:
+        for name in BOARD_INPUT_RAILS:
+            if name in rails:
+                return rails[name]
+        if not rails or any(v is None for v in rails.values()):
+            return None
+        return sum(v for v in rails.values() if v is not None)
+
+    # ------------------------------------------------------------------ GPU
+
+    def _gpu_load_file(self) -> Path | None:
+        devfreq = self.root / "sys/class/devfreq"
+        if devfreq.is_dir():
+            for entry in sorted(devfreq.iterdir()):
+                of_name = read_text(entry / "device/of_node/name")
+                if of_name is not None and of_name.strip("\x00\n ") in _GPU_OF_NAMES:
+                    load = entry / "device/load"
+                    if load.is_file():
+                        return load
+        for rel in _GPU_DEVICE_DIRS:
+            load = self.root / rel / "load"
+            if load.is_file():
+                return load
+        return None
+
+    def _read_gpu_load(self) -> float | None:
+        path = self._gpu_load_file()
+        if path is None:
+            self._warn.warn("gpu_load", f"{self.root}: no GPU load file found; GPU load is unknown")
+            return None
+        per_mille = read_int(path)
+        if per_mille is None or not 0 <= per_mille <= 1000:
+            self._warn.warn("gpu_load", f"{path}: expected 0-1000 (per mille); GPU load unknown")
+            return None
+        self._warn.ok("gpu_load")
+        return per_mille / 10.0
+
+    # ------------------------------------------------------------------ power mode
+
+    def _read_power_mode(self) -> str | None:
+        conf_path = self.root / "etc/nvpmodel.conf"
+        conf = read_text(conf_path)
+        if conf is None:
+            self._warn.warn("power_mode", f"{conf_path}: cannot read it; power mode is unknown")
+            return None
+        names = {int(i): n for i, n in _POWER_MODEL.findall(conf)}
+        status_path = self.root / "var/lib/nvpmodel/status"
+        status = read_text(status_path)
+        mode_id: int | None = None
+        if status is not None:
+            match = _PMODE.search(status)
+            if match is None:
+                self._warn.warn(
+                    "power_mode", f"{status_path}: no 'pmode:NNNN' in it; power mode is unknown"
+                )
+                return None
+            mode_id = int(match.group(1))
+        else:
+            default = _PM_DEFAULT.search(conf)
+            if default is not None:
+                mode_id = int(default.group(1))
+        if mode_id is None or mode_id not in names:
+            self._warn.warn(
+                "power_mode",
+                f"{conf_path}: no POWER_MODEL with ID={mode_id} (active per {status_path} or "
+                "PM_CONFIG DEFAULT); power mode is unknown",
+            )
+            return None
+        self._warn.ok("power_mode")
+        return names[mode_id]
+
+    # ------------------------------------------------------------------ throttling
+
+    def _read_throttling(self, ina_alarms: list[bool]) -> dict[str, bool]:
+        flags: dict[str, bool] = {}
+        any_oc_known = False
+        hwmon_class = self.root / "sys/class/hwmon"
+        oc_dirs = [
+            d
+            for d in (sorted(hwmon_class.iterdir()) if hwmon_class.is_dir() else [])
+            if (read_text(d / "name") or "").strip() == "soctherm_oc"
+        ]
+        for hwmon in oc_dirs:
+            for counter in sorted(hwmon.glob("oc*_event_cnt")):
+                match = _OC_COUNT.match(counter.name)
+                if not match:
+                    continue
+                key = f"oc{match.group(1)}"
+                count = read_int(counter)
+                if count is None or count < 0:
+                    self._warn.warn(f"throttling[{key}]", f"{counter}: not a counter; unknown")
+                    self._oc_prev.pop(key, None)
+                    continue
+                prev = self._oc_prev.get(key)
+                self._oc_prev[key] = count
+                if prev is None or count < prev:
+                    continue  # first read (or counter reset): no evidence yet
+                flags[key] = count > prev
+                any_oc_known = True
+        if ina_alarms or any_oc_known:
+            flags["oc_alarm"] = any(ina_alarms) or any(
+                flags.get(k, False) for k in flags if k.startswith("oc")
+            )
+        thermal = self._thermal_throttling()
+        if thermal is not None:
+            flags["thermal"] = thermal
+        return flags
+
+    def _thermal_throttling(self) -> bool | None:
+        base = self.root / "sys/devices/virtual/thermal"
+        if not base.is_dir():
+            base = self.root / "sys/class/thermal"
+        if not base.is_dir():
+            return None
+        states: list[bool] = []
+        for dev in sorted(base.glob("cooling_device*"), key=zone_sort_key):
+            kind = (read_text(dev / "type") or "").strip()
+            if not kind or _FAN_COOLING.search(kind):
+                continue  # a fan spinning up is cooling, not throttling
+            state = read_int(dev / "cur_state")
+            if state is None:
+                self._warn.warn(f"throttling[{kind}]", f"{dev / 'cur_state'}: unreadable")
+                continue
+            states.append(state > 0)
+        return any(states) if states else None
