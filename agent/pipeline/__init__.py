@@ -1,0 +1,1 @@
+"""Camera pipeline: sources → bounded queues → worker pool → postprocess → sinks."""
