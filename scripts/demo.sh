@@ -1,27 +1,11 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: CPU profile, bundled detector, bundled sample frames.
-# Until the camera pipeline lands this runs what exists: detect the board, build the bundled
-# detector (calibrate on calib/shapes-det, quantize to explicit INT8, validate against FP32,
-# cache), run it on held-out frames and benchmark it.
+# The main job on the embedded default: `edge-agent run` with the CPU profile, the bundled
+# detector and the bundled sample video (agent/data/agent.default.yaml). It builds the engine
+# (calibrate on calib/shapes-det, quantize to explicit INT8, validate against FP32, cache) or
+# takes it from the cache, then serves the video through the worker pool at its own 15 fps,
+# logging a stats line every 5 s, and exits when the video ends (Ctrl-C stops it earlier).
+# Extra arguments go to `edge-agent run` (e.g. --print-results, --snapshots DIR, --source URI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-export PATH="$PWD/.venv/bin:$PATH"
-cache="${EDGE_AGENT_CACHE:-$PWD/.cache/edge-agent}"
-bundle=agent/data/models/shapes-det
-
-echo "== edge-agent profile detect"
-edge-agent profile detect
-echo
-echo "== edge-agent build $bundle --profile cpu --precision auto"
-edge-agent build "$bundle" --profile cpu --precision auto --cache-dir "$cache"
-# The same build again is a cache hit; its JSON result names the artifact directory.
-artifact="$(edge-agent build "$bundle" --profile cpu --precision auto --cache-dir "$cache" --json \
-  | tail -n 1 | python -c 'import json, sys; print(json.load(sys.stdin)["artifact"])')"
-echo
-echo "== edge-agent infer (3 held-out frames)"
-frames=(agent/data/heldout/shapes-det/*.jpg)
-edge-agent infer "$artifact" "${frames[@]:0:3}"
-echo
-echo "== edge-agent bench (3 s)"
-edge-agent bench "$artifact" --seconds 3
+exec .venv/bin/edge-agent run "$@"

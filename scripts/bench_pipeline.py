@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Pipeline efficiency: whole-pipeline fps (file decode included) / raw runner throughput.
+
+Both are measured in one run on the same engine, worker count and batch:
+
+* raw: W threads, each with its own runner, calling ``infer`` on one preprocessed tensor as fast
+  as they can for ``--seconds``;
+* pipeline: the bundled sample video (looped, not paced) through sources → dispatcher → pool
+  (preprocess, infer, postprocess) → a counting sink, for ``--seconds``.
+
+Also reports the per-stage latency p50/p99 of the pipeline run. Markdown on stdout, JSON to --out.
+
+    python scripts/bench_pipeline.py --workers 2 --seconds 10 --out bench_pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from agent.backends.base import get_backend  # noqa: E402
+from agent.config import SourceConfig  # noqa: E402
+from agent.engine.build import build_engine  # noqa: E402
+from agent.engine.bundle import load_bundle  # noqa: E402
+from agent.engine.preprocess import preprocess  # noqa: E402
+from agent.pipeline.frames import Result  # noqa: E402
+from agent.pipeline.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from agent.profiles import ProfileStore  # noqa: E402
+
+BUNDLE = ROOT / "agent" / "data" / "models" / "shapes-det"
+VIDEO = ROOT / "agent" / "data" / "samples" / "shapes.mp4"
+CALIB = ROOT / "calib" / "shapes-det"
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def write(self, result: Result) -> None:
+        with self.lock:
+            self.count += 1
+
+    def close(self) -> None:
+        return None
+
+
+def raw_throughput(artifact: Any, workers: int, threads: int, seconds: float) -> float:
+    """Inferences per second of ``workers`` runners on one preprocessed frame."""
+    bundle = load_bundle(BUNDLE)
+    ok, frame = cv2.VideoCapture(str(VIDEO)).read()
+    if not ok:
+        raise SystemExit(f"cannot read {VIDEO}")
+    size = bundle.config.input.size or (256, 256)
+    tensor, _ = preprocess(frame, bundle.config.input, size)
+    feed = {artifact.inputs[0].name: tensor[None] if tensor.ndim == 3 else tensor}
+    backend = get_backend(artifact.backend)
+    counts = [0] * workers
+    start_gate = threading.Barrier(workers + 1)
+    stop = threading.Event()
+
+    def work(i: int) -> None:
+        with backend.runner(artifact.dir, artifact.main_file, threads=threads) as runner:
+            for _ in range(5):
+                runner.infer(feed)
+            start_gate.wait()
+            while not stop.is_set():
+                runner.infer(feed)
+                counts[i] += 1
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in pool:
+        t.start()
+    start_gate.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    elapsed = time.perf_counter() - t0
+    for t in pool:
+        t.join()
+    return sum(counts) / elapsed
+
+
+def pipeline_throughput(
+    artifact: Any, workers: int, threads: int, seconds: float
+) -> tuple[float, dict[str, Any]]:
+    bundle = load_bundle(BUNDLE)
+    sink = CountingSink()
+    src = SourceConfig(name="video", type="file", uri=str(VIDEO), model="m", loop=True)
+    pipe = Pipeline(
+        model="shapes-det",
+        artifact=artifact,
+        backend=get_backend(artifact.backend),
+        bundle=bundle.config,
+        labels=bundle.labels,
+        sources=[src],
+        sink=sink,  # type: ignore[arg-type]
+        options=PipelineOptions(workers=workers, max_batch=1, threads_per_worker=threads),
+    ).start()
+    time.sleep(1.0)  # warm-up: runners loaded, queues full
+    with sink.lock:
+        first = sink.count
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    with sink.lock:
+        last = sink.count
+    elapsed = time.perf_counter() - t0
+    stats = pipe.stats()
+    pipe.stop(timeout=5)
+    return (last - first) / elapsed, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Pipeline efficiency: pipeline fps / raw runner fps."
+    )
+    parser.add_argument("--workers", type=int, default=None, help="default: the cpu profile's")
+    parser.add_argument("--threads", type=int, default=None, help="ORT threads per worker")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", default="bench_pipeline.json")
+    args = parser.parse_args(argv)
+
+    profile = ProfileStore().load("cpu")
+    workers = args.workers or profile.runtime.streams
+    threads = profile.runtime.intra_op_threads if args.threads is None else args.threads
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = build_engine(
+            BUNDLE, profile, precision="int8", calib_dir=CALIB, cache_dir=Path(tmp)
+        )
+        artifact = outcome.artifact
+        raw = raw_throughput(artifact, workers, threads, args.seconds)
+        piped, stats = pipeline_throughput(artifact, workers, threads, args.seconds)
+    result = {
+        "model": "shapes-det",
+        "precision": artifact.precision,
+        "workers": workers,
+        "threads_per_worker": threads,
+        "batch": 1,
+        "seconds": args.seconds,
+        "raw_runner_fps": round(raw, 1),
+        "pipeline_fps": round(piped, 1),
+        "efficiency": round(piped / raw, 3) if raw else None,
+        "latency_ms": stats["latency_ms"],
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"shapes-det {artifact.precision}, {workers} workers x {threads} thread(s), batch 1\n")
+    print("| raw runner fps | pipeline fps (decode included) | efficiency |")
+    print("|---|---|---|")
+    print(f"| {raw:.1f} | {piped:.1f} | {piped / raw:.3f} |\n")
+    print("| stage | p50 ms | p99 ms |")
+    print("|---|---|---|")
+    for stage, v in stats["latency_ms"].items():
+        print(f"| {stage} | {v['p50']} | {v['p99']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
