@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from agent.closing import Closeable
 from agent.errors import BackendUnavailable
 
 INSTALL_FIX = (
@@ -139,21 +140,7 @@ def device_synchronize() -> None:
     _call("cudaDeviceSynchronize")
 
 
-class _Closeable:
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
+class _Closeable(Closeable):
     def __del__(self) -> None:
         # A safety net only: explicit close() is the contract. Never raise from a finalizer.
         with contextlib.suppress(Exception):

@@ -31,12 +31,12 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol
 
 import numpy as np
 
 from agent.backends import cuda
+from agent.closing import Closeable
 from agent.config import InputSpec
 from agent.engine.preprocess import LetterboxInfo, preprocess, validate_frame
 from agent.errors import BackendUnavailable
@@ -116,26 +116,12 @@ class Preprocessor(Protocol):
     def close(self) -> None: ...
 
 
-class _Base:
+class _Base(Closeable):
     batch: int
 
     def _check_count(self, frames: Sequence[np.ndarray]) -> None:
         if len(frames) > self.batch:
             raise ValueError(f"{len(frames)} frames for a batch of {self.batch}")
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class CpuPreprocessor(_Base):
