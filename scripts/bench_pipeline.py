@@ -27,8 +27,9 @@ from typing import Any
 import cv2
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from agent.backends.base import get_backend  # noqa: E402
 from agent.config import SourceConfig  # noqa: E402
@@ -57,9 +58,11 @@ class CountingSink:
         return None
 
 
-def raw_throughput(artifact: Any, workers: int, threads: int, seconds: float) -> float:
+def raw_throughput(
+    artifact: Any, bundle_dir: Path, workers: int, threads: int, seconds: float
+) -> float:
     """Inferences per second of ``workers`` runners on one preprocessed frame."""
-    bundle = load_bundle(BUNDLE)
+    bundle = load_bundle(bundle_dir)
     ok, frame = cv2.VideoCapture(str(VIDEO)).read()
     if not ok:
         raise SystemExit(f"cannot read {VIDEO}")
@@ -94,13 +97,13 @@ def raw_throughput(artifact: Any, workers: int, threads: int, seconds: float) ->
 
 
 def pipeline_throughput(
-    artifact: Any, workers: int, threads: int, seconds: float
+    artifact: Any, bundle_dir: Path, workers: int, threads: int, seconds: float
 ) -> tuple[float, dict[str, Any]]:
-    bundle = load_bundle(BUNDLE)
+    bundle = load_bundle(bundle_dir)
     sink = CountingSink()
     src = SourceConfig(name="video", type="file", uri=str(VIDEO), model="m", loop=True)
     pipe = Pipeline(
-        model="shapes-det",
+        model=bundle.config.name,
         artifact=artifact,
         backend=get_backend(artifact.backend),
         bundle=bundle.config,
@@ -130,20 +133,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="ORT threads per worker")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", default="bench_pipeline.json")
+    parser.add_argument(
+        "--model",
+        choices=["shapes-det", "resnet18-like"],
+        default="shapes-det",
+        help="the bundled detector (1.4 ms) or a ResNet-18-shaped CNN (random weights, ~8 ms)",
+    )
     args = parser.parse_args(argv)
 
     profile = ProfileStore().load("cpu")
     workers = args.workers or profile.runtime.streams
     threads = profile.runtime.intra_op_threads if args.threads is None else args.threads
     with tempfile.TemporaryDirectory() as tmp:
+        bundle_dir = BUNDLE
+        if args.model == "resnet18-like":
+            from bench_engine import make_resnet_bundle
+
+            bundle_dir = make_resnet_bundle(Path(tmp) / "resnet18-like")
         outcome = build_engine(
-            BUNDLE, profile, precision="int8", calib_dir=CALIB, cache_dir=Path(tmp)
+            bundle_dir, profile, precision="int8", calib_dir=CALIB, cache_dir=Path(tmp) / "c"
         )
         artifact = outcome.artifact
-        raw = raw_throughput(artifact, workers, threads, args.seconds)
-        piped, stats = pipeline_throughput(artifact, workers, threads, args.seconds)
+        raw = raw_throughput(artifact, bundle_dir, workers, threads, args.seconds)
+        piped, stats = pipeline_throughput(artifact, bundle_dir, workers, threads, args.seconds)
     result = {
-        "model": "shapes-det",
+        "model": args.model,
         "precision": artifact.precision,
         "workers": workers,
         "threads_per_worker": threads,
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms": stats["latency_ms"],
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"shapes-det {artifact.precision}, {workers} workers x {threads} thread(s), batch 1\n")
+    print(f"{args.model} {artifact.precision}, {workers} workers x {threads} thread(s), batch 1\n")
     print("| raw runner fps | pipeline fps (decode included) | efficiency |")
     print("|---|---|---|")
     print(f"| {raw:.1f} | {piped:.1f} | {piped / raw:.3f} |\n")

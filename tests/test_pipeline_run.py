@@ -235,3 +235,23 @@ def test_governor_shrinks_the_pool_on_memory_pressure(tmp_path: Path, engine: Bu
     shrunk = [r for r in records if r.get("event") == "stats" and r["stats"]["workers"] == 1]
     assert shrunk, "the pool follows the governor down to one worker"
     assert shrunk[-1]["governor"]["state"] == "memory_critical"
+
+
+def test_governor_limits_cap_and_shed_live_frames(engine: BuildOutcome) -> None:
+    sink = ListSink()
+    src = SourceConfig(name="cam", type="synthetic", model="m", fps_cap=60)
+    pipe = make_pipeline(engine, [src], sink).start()
+    try:
+        time.sleep(1.0)
+        pipe.limit(fps_cap=10, shed_frames=False)
+        with sink.lock:
+            before = len(sink.results)
+        time.sleep(3.0)
+        with sink.lock:
+            during = len(sink.results) - before
+        stats = pipe.stats()
+    finally:
+        pipe.stop(timeout=5)
+    assert stats["fps_cap"] == 10
+    assert 20 <= during <= 40  # ~10 fps over 3 s (not the source's 60 fps)
+    assert stats["sources"]["cam"]["shed"] > 60  # the rest were shed, and counted

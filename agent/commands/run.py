@@ -244,11 +244,13 @@ class _Governance:
         from agent.monitor.select import open_source
 
         self.pipelines = pipelines
-        self.governor = Governor(profile, max_fps=None)
+        caps = [c for p in pipelines for c in p.fps_caps()]
+        # The governor lowers the fps cap from here: the configured caps, else 30 fps.
+        self.governor = Governor(profile, max_fps=max(caps, default=30.0))
         self.energy = EnergyMeter()
         self._pending: list[Any] = []
         self._lock = threading.Lock()
-        self._applied_pool: int | None = None
+        self._applied: Any = None
         choice = source if source in ("jtop", "sysfs", "host") else "auto"
         self.source = open_source(profile, root=root, prefer=choice)  # type: ignore[arg-type]
         self.sampler = Sampler(self.source, profile.monitor.interval_s, on_sample=self._enqueue)
@@ -270,11 +272,12 @@ class _Governance:
                     f"governor: {event.action}: {event.reason}",
                     extra=log_fields(event="governor", governor=event.to_json()),
                 )
-        pool = self.governor.decision.pool_size
-        if pool != self._applied_pool:
+        decision = self.governor.decision
+        if decision != self._applied:
             for p in self.pipelines:
-                p.resize(pool)
-            self._applied_pool = pool
+                p.resize(decision.pool_size)
+                p.limit(fps_cap=decision.fps_cap, shed_frames=decision.shed_frames)
+            self._applied = decision
 
     def to_json(self) -> dict[str, Any]:
         return {"governor": self.governor.to_json(), "energy": self.energy.to_json()}

@@ -53,6 +53,8 @@ class _SourceCounters:
     results: int = 0
     errors: int = 0
     rejected: int = 0  # live frames the pool could not take (NEWEST_WINS at the pool)
+    shed: int = 0  # live frames dropped on the governor's order (fps cap, shedding)
+    next_at: float = 0.0  # earliest time the next frame may go in under the fps cap
     window: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
@@ -100,10 +102,13 @@ class Pipeline:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._counters: dict[str, _SourceCounters] = {s.name: _SourceCounters() for s in sources}
+        self._source_configs = list(sources)
         self._latency: dict[str, deque[float]] = {
             k: deque(maxlen=options.latency_samples) for k in _STAGES
         }
         self._sink_errors = 0
+        self._fps_cap: float | None = None
+        self._shed = False
         self._spec = bundle.input
         image = artifact.inputs[0] if artifact.inputs else None
         self._input_name = image.name if image is not None else bundle.input.name
@@ -203,7 +208,31 @@ class Pipeline:
                 time.sleep(0.002)
         self._done.set()
 
+    def _admit(self, src: Source) -> bool:
+        """The governor's limits: an fps cap per source, and shedding (live frames go in only
+        when no work is queued). Files are slowed down instead of dropped."""
+        counters = self._counters[src.name]
+        cap, shed = self._fps_cap, self._shed
+        now = self._clock()
+        if cap is not None and now < counters.next_at:
+            if src.policy is DropPolicy.BLOCK:
+                self._stop.wait(counters.next_at - now)
+                now = self._clock()
+            else:
+                with self._lock:
+                    counters.shed += 1
+                return False
+        if shed and src.policy is not DropPolicy.BLOCK and self.pool.backlog > 0:
+            with self._lock:
+                counters.shed += 1
+            return False
+        if cap is not None:
+            counters.next_at = max(now, counters.next_at) + 1.0 / cap
+        return True
+
     def _submit(self, src: Source, frame: Frame) -> None:
+        if not self._admit(src):
+            return
         if src.policy is DropPolicy.BLOCK:
             # Files: back-pressure, never drop.
             while not self.pool.submit(frame):
@@ -275,6 +304,16 @@ class Pipeline:
         """Governor hook: change the number of workers (draining ones finish their batch)."""
         self.pool.resize(max(1, workers))
 
+    def fps_caps(self) -> list[float]:
+        """The configured per-source fps caps (sources without one are not listed)."""
+        return [c.fps_cap for c in self._source_configs if c.fps_cap]
+
+    def limit(self, *, fps_cap: float | None, shed_frames: bool) -> None:
+        """Governor hook: cap each source's frame rate (None = uncapped) and shed live frames
+        while work is queued."""
+        self._fps_cap = fps_cap if fps_cap is None or fps_cap > 0 else None
+        self._shed = shed_frames
+
     # ------------------------------------------------------------------ stats
 
     def stats(self) -> dict[str, Any]:
@@ -294,6 +333,7 @@ class Pipeline:
                     "results": c.results,
                     "errors": c.errors,
                     "dropped": (sstats.dropped if sstats else 0) + c.rejected,
+                    "shed": c.shed,
                     "invalid": sstats.invalid if sstats else 0,
                     "reconnects": sstats.reconnects if sstats else 0,
                 }
@@ -308,6 +348,8 @@ class Pipeline:
         return {
             "model": self.model,
             "precision": self.artifact.precision,
+            "fps_cap": self._fps_cap,
+            "shedding": self._shed,
             "engine": self.artifact.dir.name,
             "workers": pool.size,
             "mean_batch": round(pool.mean_batch, 2),

@@ -611,6 +611,12 @@ class WorkerPool:
         for ev in events:
             self._emit(ev)
 
+    @property
+    def backlog(self) -> int:
+        """Frames queued and not yet taken by a worker."""
+        with self._cond:
+            return len(self._queue)
+
     def stats(self) -> PoolStats:
         with self._cond:
             workers = tuple(w.stats() for w in self._workers)
