@@ -196,7 +196,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
                 _emit(out, sample, governor, as_json=as_json, refresh=refresh, how=how)
                 shown += 1
         except KeyboardInterrupt:
-            pass
+            print("", file=sys.stderr)  # end the refreshing table's line; exit 0 below
         finally:
             sampler.stop(timeout=max(2.0, 2 * interval))
         return 0

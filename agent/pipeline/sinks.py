@@ -316,7 +316,7 @@ class SnapshotSink:
                 self._files.popleft().unlink()
 
     def close(self) -> None:
-        pass
+        """Nothing to release: every snapshot is written and closed as it is taken."""
 
 
 class FanoutSink:

@@ -328,7 +328,7 @@ class SourceUnavailable(SourceError):
 
 
 class _EndOfStream(Exception):
-    pass
+    """The capture reached its end (a file without loop)."""
 
 
 class _Outcome(enum.Enum):
