@@ -317,8 +317,9 @@ def _serve(pipelines: list[Any], stop: _StopFlag, args: argparse.Namespace, gove
                 )
     reason = stop.signal or ("duration" if args.duration is not None else "sources ended")
     for p in pipelines:
-        p.stop(timeout=args.stop_timeout)
-        stats = p.stats()
+        serving = p.stats()["workers"]
+        p.stop(timeout=args.stop_timeout)  # drains in-flight frames: their results count too
+        stats = {**p.stats(), "workers": serving}
         log.info(
             "final " + _stats_message(stats),
             extra=log_fields(event="final_stats", stats=stats, reason=reason),
