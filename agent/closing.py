@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import TypeVar
 
 _C = TypeVar("_C", bound="Closeable")
 
 
-class Closeable:
+class Closeable(ABC):
     """``with obj:`` closes it on exit; subclasses implement an idempotent ``close()``."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the resource; calling it again does nothing."""
 
     def __enter__(self: _C) -> _C:
         return self

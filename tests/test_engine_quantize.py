@@ -459,3 +459,15 @@ def test_real_detector_int8_keeps_scores_and_boxes(
     producer = next(n for n in model.graph.node if "output0" in n.output)
     assert producer.name in trt.excluded_nodes
     assert _anchor_agreement(prepared.path, trt.path, calib.heldout) >= 0.95
+
+
+def test_frame_reader_strided_range() -> None:
+    tensors = [np.full((1, 3, 4, 4), i, np.float32) for i in range(10)]
+    reader = FrameReader("images", tensors, batch=2)
+    reader.set_range(1, 3)  # batches 1 and 2: tensors 2..5
+    fed = []
+    while (feed := reader.get_next()) is not None:
+        fed.append(feed["images"][:, 0, 0, 0].tolist())
+    assert fed == [[2.0, 3.0], [4.0, 5.0]]
+    reader.rewind()
+    assert sum(1 for _ in iter(reader.get_next, None)) == 5

@@ -10,6 +10,7 @@ Polygraphy style: ``activate`` allocates (sessions, contexts, buffers), ``infer`
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ class Runner(Protocol):
     ) -> None: ...
 
 
-class RunnerBase:
+class RunnerBase(ABC):
     """Context-manager plumbing and the I/O specs (set by ``activate``) for runners."""
 
     _inputs: tuple[TensorSpec, ...] = ()
@@ -131,11 +132,13 @@ class RunnerBase:
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self._outputs
 
+    @abstractmethod
     def activate(self) -> None:
-        raise NotImplementedError
+        """Load the artifact and allocate sessions, contexts and buffers."""
 
+    @abstractmethod
     def deactivate(self) -> None:
-        raise NotImplementedError
+        """Free what :meth:`activate` allocated; calling it again does nothing."""
 
     def __enter__(self: _R) -> _R:
         self.activate()

@@ -223,12 +223,13 @@ class FrameReader(CalibrationDataReader):
         self.calls = 0
         self._batches = max(1, -(-len(self.tensors) // self.batch))
         self._index = 0
+        self._end = self._batches
 
     def __len__(self) -> int:
         return self._batches
 
     def get_next(self) -> dict[str, np.ndarray] | None:  # type: ignore[override]
-        if self._index >= self._batches:
+        if self._index >= self._end:
             return None
         start = self._index * self.batch
         items = [self.tensors[(start + i) % len(self.tensors)] for i in range(self.batch)]
@@ -242,7 +243,9 @@ class FrameReader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self._index = 0
+        self._end = self._batches
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        del start_index, end_index
-        raise NotImplementedError("FrameReader does not support strided calibration")
+        """Feed only batches ``start_index..end_index-1`` (ONNX Runtime's strided calibration)."""
+        self._index = max(0, min(start_index, self._batches))
+        self._end = max(self._index, min(end_index, self._batches))

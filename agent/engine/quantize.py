@@ -558,16 +558,20 @@ def quantize(
         out_path = work_dir / f"model.int8.{recipe}.onnx"
         tail = float_tail(model) if rcp.keep_tail_float else []
         excluded = list(dict.fromkeys([*keep_float, *tail]))
+
+        def requantize(exclude: Sequence[str]) -> None:
+            _quantize_once(
+                prepared,
+                out_path,
+                reader,
+                recipe=rcp,
+                method=method,
+                exclude=exclude,
+                cache_path=cache_path,
+            )
+
         progress("quantize", 0.0, f"inserting Q/DQ ({recipe} recipe)")
-        _quantize_once(
-            prepared,
-            out_path,
-            reader,
-            recipe=rcp,
-            method=method,
-            exclude=excluded,
-            cache_path=cache_path,
-        )
+        requantize(excluded)
 
         auto: list[str] = []
         reverted: list[str] = []
@@ -597,29 +601,13 @@ def quantize(
                     break
                 auto += new
                 progress("quantize", 0.6 + 0.1 * round_, f"keeping in float: {new}")
-                _quantize_once(
-                    prepared,
-                    out_path,
-                    reader,
-                    recipe=rcp,
-                    method=method,
-                    exclude=excluded + auto,
-                    cache_path=cache_path,
-                )
+                requantize(excluded + auto)
                 final_errors, final_out_err = node_errors(prepared.path, out_path, feeds)
             if auto and final_out_err > 0.5 * out_err:
                 # Keeping them float did not halve the output error: the spikes were noise,
                 # not a quantization failure; do not pay for float nodes that buy nothing.
                 reverted, auto = auto, []
-                _quantize_once(
-                    prepared,
-                    out_path,
-                    reader,
-                    recipe=rcp,
-                    method=method,
-                    exclude=excluded,
-                    cache_path=cache_path,
-                )
+                requantize(excluded)
                 final_errors, final_out_err = errors, out_err
         progress("quantize", 1.0, f"wrote {out_path.name}")
 

@@ -33,11 +33,10 @@ from agent.pipeline.pool import PoolEvent, Stages, WorkerContext, WorkerPool, re
 from agent.pipeline.postprocess import Postprocessor
 from agent.pipeline.preprocess import make_preprocessor
 from agent.pipeline.sinks import Sink
-from agent.pipeline.sources import DropPolicy, Source, SourceState, SourceStatus, make_source
+from agent.pipeline.sources import DropPolicy, Source, SourceStatus, make_source
 
 log = logging.getLogger(__name__)
 
-_TERMINAL = frozenset({SourceState.ENDED, SourceState.FAILED, SourceState.STOPPED})
 _STAGES = ("queue", "preprocess", "infer", "postprocess", "total")
 
 
@@ -203,7 +202,9 @@ class Pipeline:
                 moved = True
                 self._submit(src, frame)
             if not moved:
-                if all(s.state in _TERMINAL and s.read(timeout=0) is None for s in sources):
+                # Exhausted = the decode thread finished and its queue is drained; checking it
+                # consumes nothing, so a last frame queued just now is still dispatched.
+                if all(s.queue.exhausted for s in sources):
                     break
                 time.sleep(0.002)
         self._done.set()
