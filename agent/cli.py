@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.commands import config as config_cmds
     from agent.commands import engine as engine_cmds
     from agent.commands import monitor as monitor_cmds
+    from agent.commands import ota as ota_cmds
     from agent.commands import profile as profile_cmds
     from agent.commands import run as run_cmds
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile_cmds.register(sub)
     engine_cmds.register(sub)
     monitor_cmds.register(sub)
+    ota_cmds.register(sub)
     run_cmds.register(sub)
     return parser
 

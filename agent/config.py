@@ -635,6 +635,65 @@ class MqttConfig(Strict):
     spool_max_mib: int = Field(
         default=64, ge=1, title="Spool size (MiB)", description="Offline store-and-forward cap."
     )
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        title="Client id",
+        description="MQTT client id; null = the device id.",
+    )
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto",
+        title="Protocol",
+        description="MQTT protocol version; auto tries 5 and falls back to 3.1.1 when the broker "
+        "refuses it.",
+    )
+    group: str | None = Field(
+        default=None,
+        pattern=_NAME,
+        title="OTA group",
+        description="Group whose OTA pushes (edge/<fleet>/group/<group>/ota) this device takes.",
+    )
+    max_payload_kib: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        title="Max command payload (KiB)",
+        description="Command requests larger than this are refused with an error response.",
+    )
+    detections_enabled: bool = Field(
+        default=False,
+        title="Publish detections",
+        description="Publish per-frame detections on .../detections (QoS 0, rate-limited).",
+    )
+    detections_max_per_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=100,
+        title="Detections rate (msg/s)",
+        description="Upper bound on detections messages per second; extra ones are dropped.",
+    )
+    reconnect_min_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        title="Reconnect delay min (s)",
+        description="First reconnect delay; it doubles (with jitter) up to reconnect_max_s.",
+    )
+    reconnect_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        title="Reconnect delay max (s)",
+        description="Longest delay between two reconnect attempts.",
+    )
+    publish_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        title="Publish timeout (s)",
+        description="Longest wait for a broker acknowledgement where a publish is awaited.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -643,10 +702,191 @@ class MqttConfig(Strict):
             raise ValueError(f"'{v}' is not mqtt://host:port or mqtts://host:port")
         return v
 
+    @model_validator(mode="after")
+    def _cross(self) -> MqttConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                at(
+                    "reconnect_min_s",
+                    f"{self.reconnect_min_s} must not exceed reconnect_max_s "
+                    f"({self.reconnect_max_s})",
+                )
+            )
+        if self.tls is not None and not self.url.startswith("mqtts://"):
+            raise ValueError(at("url", "a tls section needs an mqtts:// url; change the scheme"))
+        return self
+
+
+class OtaConfig(Strict):
+    """Over-the-air model updates (signed pushes over MQTT, see ``agent/ota``)."""
+
+    enabled: bool = Field(
+        default=False,
+        title="Enabled",
+        description="Accept signed model pushes on this device's OTA topic and its group's "
+        "(mqtt.group).",
+    )
+    trust_dir: Path = Field(
+        default=Path("/etc/edge-agent/trust"),
+        title="Trust directory",
+        description="Directory of Ed25519 public keys (PEM, one per file) whose signatures "
+        "are accepted; several keys allow rotation.",
+    )
+    keep_versions: int = Field(
+        default=3,
+        ge=2,
+        le=50,
+        title="Versions kept",
+        description="Model versions kept on disk per model (the committed one included); at "
+        "least 2 so that a rollback target exists.",
+    )
+    disk_quota_mib: int = Field(
+        default=2048,
+        ge=1,
+        title="Disk quota (MiB)",
+        description="Most disk space all kept OTA bundles may use together; a push that would "
+        "exceed it is rejected with reason over_quota.",
+    )
+    max_bundle_mib: int = Field(
+        default=512,
+        ge=1,
+        title="Largest bundle (MiB)",
+        description="Largest single pushed bundle (all files together).",
+    )
+    download_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        title="Download timeout (s)",
+        description="Socket timeout of one bundle file download (http, https, file).",
+    )
+    inline_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        title="Inline chunk timeout (s)",
+        description="How long to wait for the chunks of an inline push before failing it.",
+    )
+    build_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        title="Build admission poll (s)",
+        description="How often the updater asks the governor whether a build may start.",
+    )
+    build_wait_max_s: float = Field(
+        default=3600.0,
+        gt=0,
+        title="Build admission wait (s)",
+        description="Give up (state failed) after the governor held builds back this long.",
+    )
+    probation_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        title="Probation (s)",
+        description="After a hot swap, how long the new model is watched before it is "
+        "committed; NaN outputs, a crash or low throughput in this window roll it back.",
+    )
+    probation_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        title="Probation sampling interval (s)",
+        description="How often the serving model is sampled during probation.",
+    )
+    probation_min_fps_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        title="Probation throughput fraction",
+        description="Roll back when the served inference throughput over the probation window "
+        "falls below this fraction of the throughput the validation gate measured.",
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> OtaConfig:
+        if self.max_bundle_mib > self.disk_quota_mib:
+            raise ValueError(
+                at(
+                    "max_bundle_mib",
+                    f"{self.max_bundle_mib} exceeds disk_quota_mib ({self.disk_quota_mib}); "
+                    "lower it or raise the quota",
+                )
+            )
+        return self
+
+
+class PrometheusConfig(Strict):
+    enabled: bool = Field(
+        default=False,
+        title="Prometheus endpoint",
+        description="Serve the metrics payload's figures in Prometheus text format.",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        title="Listen address",
+        description="Address the endpoint binds; keep it on loopback unless a proxy guards it.",
+    )
+    port: int = Field(
+        default=9108, ge=1, le=65535, title="Port", description="TCP port of /metrics."
+    )
+
 
 class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", title="Level", description="Log level."
+    )
+
+
+class DaemonConfig(Strict):
+    """How ``edge-agent run`` behaves as a service: drain, supervision and the watchdog."""
+
+    stop_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        title="Stop timeout (s)",
+        description="On SIGTERM, in-flight frames are drained for at most this long in all; "
+        "keep it below the unit's TimeoutStopSec.",
+    )
+    stats_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        title="Stats interval (s)",
+        description="Seconds between stats log lines (and systemd STATUS= updates).",
+    )
+    restart_budget: int = Field(
+        default=5,
+        ge=0,
+        title="Restart budget",
+        description="Restarts of one failed component (a pipeline, the monitor) allowed within "
+        "restart_window_s; one more failure and the daemon exits with code 3 so systemd "
+        "restarts the whole service.",
+    )
+    restart_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        title="Restart window (s)",
+        description="The sliding window of the restart budget.",
+    )
+    progress_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        title="Progress timeout (s)",
+        description="A component with work to do (frames pending, a source streaming) that "
+        "makes no progress for this long is stuck: the systemd watchdog pings stop and systemd "
+        "restarts the service. Keep it above every source's stall_timeout_s so a source's own "
+        "stall recovery acts first.",
+    )
+    ready_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        title="Ready timeout (s)",
+        description="READY=1 is sent when the first frame has gone through; if no frame came "
+        "this long after the pipelines started (a camera that is down), READY=1 is sent anyway "
+        "so that one dead camera does not keep the service from starting.",
     )
 
 
@@ -677,8 +917,21 @@ class AgentConfig(Strict):
         default_factory=list, title="Sources", description="Camera/video sources."
     )
     mqtt: MqttConfig = Field(default_factory=MqttConfig, title="MQTT", description="Broker.")
+    metrics: PrometheusConfig = Field(
+        default_factory=PrometheusConfig,
+        title="Prometheus",
+        description="Optional local Prometheus endpoint.",
+    )
+    ota: OtaConfig = Field(
+        default_factory=OtaConfig, title="OTA", description="Over-the-air model updates."
+    )
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, title="Logging", description="Logging."
+    )
+    daemon: DaemonConfig = Field(
+        default_factory=DaemonConfig,
+        title="Daemon",
+        description="Service behaviour: stop drain, restart budget, watchdog progress timeout.",
     )
 
     @model_validator(mode="after")

@@ -114,9 +114,45 @@ class SourceError(EdgeAgentError):
     """A camera/video source cannot be opened or read."""
 
 
+class PipelineError(EdgeAgentError):
+    """The camera pipeline cannot do what was asked (e.g. a hot swap whose new engine's
+    workers do not start); the model that is serving keeps serving."""
+
+
 class CommsError(EdgeAgentError):
     """MQTT / network configuration or transport failure."""
 
 
-class OtaRejected(EdgeAgentError):
-    """An over-the-air update was refused (signature, version, compatibility, size...)."""
+class OtaError(EdgeAgentError):
+    """An over-the-air update failed. ``reason`` is a short machine-readable code (reported to
+    the fleet in the retained model state), e.g. ``fetch_failed`` or ``build_failed``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "failed",
+        fix: str | None = None,
+        path: Path | str | None = None,
+    ):
+        self.reason = reason
+        super().__init__(message, fix=fix, path=path)
+
+
+class OtaRejected(OtaError):
+    """An over-the-air update was refused (signature, version, compatibility, size...).
+
+    ``reason`` is one of the codes in :data:`agent.ota.REJECT_REASONS` (bad_signature,
+    unknown_key, expired, not_newer, incompatible, size_mismatch, hash_mismatch, ...)."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "malformed",
+        fix: str | None = None,
+        path: Path | str | None = None,
+    ):
+        super().__init__(message, reason=reason, fix=fix, path=path)

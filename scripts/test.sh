@@ -11,6 +11,13 @@ ruff check .
 ruff format --check .
 echo "== pyright (tensorrt-stubs for agent/backends/tensorrt.py)"
 pyright
+echo "== mosquitto (the MQTT tests run real brokers on loopback)"
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto \
+    || echo "mosquitto could not be installed; the MQTT tests will be skipped"
+fi
 echo "== pytest"
 set +e
 python -m pytest "$@"

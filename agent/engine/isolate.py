@@ -3,13 +3,16 @@
 Builds (TensorRT tactic search, ONNX Runtime graph optimisation, quantisation) can use a lot of
 memory, and on a Jetson the CPU and GPU share it: a build that runs away must not take the
 serving process with it. So the build runs in a child started with the ``spawn`` method, in its
-own process group, under a memory cap enforced two ways: ``RLIMIT_AS`` set *before* the backend
+own process group (``setsid``) with ``oom_score_adj`` raised to :data:`BUILD_OOM_SCORE_ADJ`
+(so that the kernel's OOM killer, if it must act, kills the build and not the agent), under a
+memory cap enforced two ways: ``RLIMIT_AS`` set *before* the backend
 is imported (CPU backends only: CUDA reserves far more virtual address space than it uses, so
-an address-space limit would break TensorRT's CUDA initialisation), and the parent watching the
+an address-space limit would break TensorRT's CUDA initialisation; the limit is the cap plus
+:func:`address_space_headroom_mib` for arenas and thread stacks), and the parent watching the
 child's resident memory (``/proc/<pid>/status`` ``VmRSS``) and killing it past the cap. The
-parent relays the
-child's progress messages to its :data:`ProgressFn`, kills the whole process group when the
-timeout expires, and turns every way the child can fail into :class:`BuildFailed`:
+parent relays the child's progress messages to its :data:`ProgressFn`, kills the whole
+process group when the timeout expires, and turns every way the child can fail into
+:class:`BuildFailed`:
 
 * ``MemoryError``, ``std::bad_alloc``, "Failed to allocate", or death by SIGKILL (the kernel's
   OOM killer) → ``BuildFailed(out_of_memory=True, workspace_mib=..., memory_cap_mib=...)``; the
@@ -87,10 +90,20 @@ class IsolatedOutcome(Generic[T]):
 # ---------------------------------------------------------------------------- child side
 
 
+def address_space_headroom_mib(cpus: int | None = None) -> int:
+    """Virtual memory a CPU build reserves beyond what it touches: each thread that allocates
+    gets a glibc malloc arena (64 MiB reserved) and a stack (8 MiB), and ONNX Runtime and
+    OpenMP start about two threads per core. Without this headroom ``RLIMIT_AS`` refuses
+    thread creation on many-core hosts ("can't start new thread") long before resident memory
+    nears the cap; the cap itself is enforced on resident memory by the parent."""
+    n = max(1, cpus if cpus is not None else (os.cpu_count() or 1))
+    return 512 + 2 * n * (64 + 8)
+
+
 def _limit_memory(cap_mib: int | None) -> None:
     if cap_mib is None:
         return
-    cap = int(cap_mib) * _MIB
+    cap = (int(cap_mib) + address_space_headroom_mib()) * _MIB
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
@@ -109,13 +122,38 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
+#: The build child's ``oom_score_adj``: if memory runs out, the kernel's OOM killer picks the
+#: build (and the unit's OOMPolicy=continue keeps the service up), not the serving agent.
+BUILD_OOM_SCORE_ADJ = 500
+
+
+def _raise_oom_score(value: int | None) -> None:
+    """Make this process the OOM killer's preferred victim (raising needs no privilege; never
+    lowers a score that is already higher)."""
+    if value is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        with open("/proc/self/oom_score_adj", "r+", encoding="ascii") as handle:
+            current = int(handle.read().strip() or 0)
+            if current < value:
+                handle.seek(0)
+                handle.write(str(value))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot raise the build's oom_score_adj to %s: %s", value, exc)
+
+
 def _peak_rss_mib() -> float:
     # ru_maxrss is KiB on Linux, bytes on macOS
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 if sys.platform.startswith("linux") else rss / _MIB
 
 
-def child_main(channel: Any, job_path: str, address_space_cap_mib: int | None) -> None:
+def child_main(
+    channel: Any,
+    job_path: str,
+    address_space_cap_mib: int | None,
+    oom_score_adj: int | None = BUILD_OOM_SCORE_ADJ,
+) -> None:
     """Entry point of the child process (top level so ``spawn`` can pickle it).
 
     Sets the memory cap, then loads ``(target, args)`` from the pickle at ``job_path`` (so the
@@ -128,7 +166,8 @@ def child_main(channel: Any, job_path: str, address_space_cap_mib: int | None) -
     so a child that dies while starting would block the parent forever on a large payload.
     """
     with contextlib.suppress(OSError):
-        os.setsid()  # own process group: the parent kills the group on timeout
+        os.setsid()  # own session and process group: the parent kills the group on timeout
+    _raise_oom_score(oom_score_adj)  # the kernel's OOM killer takes the build, not the agent
     _die_with_parent()
 
     def progress(stage: str, fraction: float, message: str) -> None:

@@ -21,6 +21,18 @@ class Frame:
     image: np.ndarray
     t_capture: float
     wall_time: float
+    prepared: Prepared | None = None  # the model input, when preprocessed before the pool
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One frame's model input made ahead of the worker (CPU path): ``tensor`` is C×H×W or
+    H×W×C float32 as the bundle's layout says, ``letterbox`` maps boxes back, ``ms`` is the
+    time it took."""
+
+    tensor: np.ndarray
+    letterbox: Any
+    ms: float
 
 
 @dataclass(frozen=True)

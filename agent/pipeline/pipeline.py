@@ -15,6 +15,8 @@ without ``loop``) and every frame has come back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -25,15 +27,25 @@ from typing import Any
 
 import numpy as np
 
+from agent.backends import cuda
 from agent.backends.base import Backend, Runner
-from agent.config import ModelBundleConfig, SourceConfig
+from agent.config import InputSpec, ModelBundleConfig, SourceConfig
 from agent.engine.cache import Artifact
-from agent.pipeline.frames import Frame, Result
+from agent.engine.preprocess import preprocess
+from agent.errors import PipelineError
+from agent.pipeline.frames import Frame, Prepared, Result
 from agent.pipeline.pool import PoolEvent, Stages, WorkerContext, WorkerPool, result_error
 from agent.pipeline.postprocess import Postprocessor
-from agent.pipeline.preprocess import make_preprocessor
+from agent.pipeline.preprocess import CpuPreprocessor, make_preprocessor
 from agent.pipeline.sinks import Sink
-from agent.pipeline.sources import DropPolicy, Source, SourceStatus, make_source
+from agent.pipeline.sources import (
+    TERMINAL,
+    DropPolicy,
+    Source,
+    SourceState,
+    SourceStatus,
+    make_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +70,23 @@ class _SourceCounters:
 
 
 @dataclass(frozen=True)
+class SourceProgress:
+    state: str  # SourceState value
+    frames: int  # frames decoded and queued so far
+    last_frame_age_s: float | None
+
+
+@dataclass(frozen=True)
+class PipelineHealth:
+    """What :meth:`Pipeline.health` reports (see the daemon's watchdog)."""
+
+    completed: int  # results + error results delivered so far
+    pending: bool  # frames queued at a source or in the pool, not yet delivered
+    sources: dict[str, SourceProgress]
+    failures: tuple[str, ...]  # components that died; empty when healthy
+
+
+@dataclass(frozen=True)
 class PipelineOptions:
     """How the pipeline runs. ``workers``/``max_batch`` come from the device profile."""
 
@@ -72,8 +101,50 @@ class PipelineOptions:
     latency_samples: int = 4096
 
 
+@dataclass(frozen=True)
+class _Model:
+    """Everything that depends on the engine being served; :meth:`Pipeline.swap` replaces it
+    whole, so a pool's stages never see a mix of two models."""
+
+    artifact: Artifact
+    bundle: ModelBundleConfig
+    input_name: str
+    size_hw: tuple[int, int]
+    batch: int
+    post: Postprocessor
+
+    @classmethod
+    def of(
+        cls,
+        artifact: Artifact,
+        bundle: ModelBundleConfig,
+        labels: Sequence[str],
+        options: PipelineOptions,
+    ) -> _Model:
+        image = artifact.inputs[0] if artifact.inputs else None
+        return cls(
+            artifact=artifact,
+            bundle=bundle,
+            input_name=image.name if image is not None else bundle.input.name,
+            size_hw=_input_size(artifact, bundle),
+            batch=_static_batch(artifact) or max(1, options.max_batch),
+            post=Postprocessor(bundle, labels),
+        )
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.bundle.input
+
+    def warmup_feeds(self) -> dict[str, np.ndarray]:
+        """A zero batch of the engine's input shape: the first inference allocates."""
+        h, w = self.size_hw
+        shape = (self.batch, 3, h, w) if self.spec.layout == "NCHW" else (self.batch, h, w, 3)
+        return {self.input_name: np.zeros(shape, dtype=np.float32)}
+
+
 class Pipeline:
-    """Serve one model (artifact) to the sources that name it."""
+    """Serve one model (artifact) to the sources that name it; :meth:`swap` replaces the
+    model between frames without stopping the sources."""
 
     def __init__(
         self,
@@ -91,9 +162,14 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.model = model
-        self.artifact = artifact
-        self.bundle = bundle
         self.options = options
+        self._backend = backend
+        self._on_pool_event = on_pool_event
+        self._nan_outputs = 0
+        self._swaps = 0
+        self._latest: dict[str, np.ndarray] = {}  # newest frame per source (snapshot command)
+        self._pause = threading.Event()  # swap asks the dispatcher to hold between frames
+        self._held = threading.Event()  # the dispatcher holds (no frame in hand)
         self.sink = sink
         self._clock = clock
         self._on_status = on_status
@@ -108,12 +184,9 @@ class Pipeline:
         self._sink_errors = 0
         self._fps_cap: float | None = None
         self._shed = False
-        self._spec = bundle.input
-        image = artifact.inputs[0] if artifact.inputs else None
-        self._input_name = image.name if image is not None else bundle.input.name
-        self._size_hw = _input_size(artifact, bundle)
-        self._batch = _static_batch(artifact) or max(1, options.max_batch)
-        self._post = Postprocessor(bundle, labels)
+        self._model = _Model.of(artifact, bundle, labels, options)
+        # The GPU path preprocesses on each worker's stream; the CPU path on the dispatcher.
+        self._prepare_ahead = not (options.prefer_gpu_preprocess and cuda.available()[0])
         self.sources: dict[str, Source] = {
             cfg.name: make_source(
                 cfg,
@@ -123,6 +196,22 @@ class Pipeline:
             )
             for cfg in sources
         }
+        self.pool = self._make_pool(self._model, options.workers)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name=f"dispatch-{model}", daemon=True
+        )
+
+    @property
+    def artifact(self) -> Artifact:
+        """The engine serving now."""
+        return self._model.artifact
+
+    @property
+    def bundle(self) -> ModelBundleConfig:
+        return self._model.bundle
+
+    def _make_pool(self, m: _Model, size: int) -> WorkerPool:
+        artifact, backend, options = m.artifact, self._backend, self.options
         dla = artifact.manifest.get("key", {}).get("dla_core")
 
         def runner_factory() -> Runner:
@@ -133,50 +222,87 @@ class Pipeline:
                 dla_core=dla,
             )
 
-        self.pool = WorkerPool(
+        return WorkerPool(
             runner_factory,
             Stages(
-                preprocess=self._preprocess,
-                postprocess=self._postprocess,
-                setup=self._setup,
-                model=model,
-                task=bundle.task,
+                preprocess=functools.partial(self._preprocess, m),
+                postprocess=functools.partial(self._postprocess, m),
+                setup=functools.partial(self._setup, m),
+                model=self.model,
+                task=m.bundle.task,
             ),
-            size=options.workers,
-            max_batch=self._batch,
+            size=size,
+            max_batch=m.batch,
             on_result=self._result,
-            on_event=on_pool_event,
-        )
-        self._dispatcher = threading.Thread(
-            target=self._dispatch, name=f"dispatch-{model}", daemon=True
+            on_event=self._on_pool_event,
+            post_threads=1,
         )
 
     # ------------------------------------------------------------------ worker stages
 
-    def _setup(self, ctx: WorkerContext) -> None:
+    def _setup(self, m: _Model, ctx: WorkerContext) -> None:
         ctx.resources["preprocessor"] = make_preprocessor(
-            self._spec,
-            self._size_hw,
-            self._batch,
+            m.spec,
+            m.size_hw,
+            m.batch,
             prefer_gpu=self.options.prefer_gpu_preprocess,
         )
+        ctx.runner.infer(m.warmup_feeds())  # the worker is warm before it reports IDLE
+
+    def _prepare(self, frame: Frame) -> Frame:
+        """CPU path, on the dispatcher: the frame's model input is made before it is queued,
+        so a worker only assembles its batch and infers (overlapping preprocess with
+        inference). Only frames the pool will take get here."""
+        m = self._model
+        t0 = time.perf_counter()
+        try:
+            tensor, letterbox = preprocess(frame.image, m.spec, m.size_hw)
+        except Exception:
+            # Left to the worker, whose preprocess stage fails it with an error result.
+            return frame
+        ms = (time.perf_counter() - t0) * 1000.0
+        return dataclasses.replace(frame, prepared=Prepared(tensor[0], letterbox, ms))
 
     def _preprocess(
-        self, frames: Sequence[Frame], ctx: WorkerContext
+        self, m: _Model, frames: Sequence[Frame], ctx: WorkerContext
     ) -> tuple[dict[str, np.ndarray], list[Any]]:
         pre = ctx.resources["preprocessor"]
+        ready = [f.prepared for f in frames]
+        if all(p is not None for p in ready) and isinstance(pre, CpuPreprocessor):
+            tensors = [p.tensor for p in ready if p is not None]
+            letterboxes = [p.letterbox for p in ready if p is not None]
+            if tensors[0].shape != pre.buffer.shape[1:]:
+                raise ValueError(
+                    f"prepared tensor {tensors[0].shape} does not fit the engine input "
+                    f"{pre.buffer.shape}"
+                )
+            if m.batch == 1:
+                return {m.input_name: tensors[0][None]}, letterboxes  # a view, no copy
+            for i, tensor in enumerate(tensors):
+                pre.buffer[i] = tensor
+            return {m.input_name: pre.buffer}, letterboxes
         letterboxes = pre.process([f.image for f in frames])
         # The engine's batch is fixed: rows past len(frames) are stale and ignored downstream.
-        return {self._input_name: pre.download()}, letterboxes
+        return {m.input_name: pre.download()}, letterboxes
 
     def _postprocess(
         self,
+        m: _Model,
         frames: Sequence[Frame],
         outputs: dict[str, np.ndarray],
         letterboxes: Sequence[Any],
         timings: Any,
     ) -> list[Result]:
-        results = self._post.process(frames, outputs, letterboxes, dict(timings))
+        per_frame = [
+            {**timings, "preprocess": timings["preprocess"] + f.prepared.ms}
+            if f.prepared is not None and "preprocess" in timings
+            else dict(timings)
+            for f in frames
+        ]
+        if any(v.dtype.kind == "f" and not np.isfinite(v).all() for v in outputs.values()):
+            with self._lock:
+                self._nan_outputs += len(frames)
+        results = m.post.process(frames, outputs, letterboxes, per_frame)
         if not self.options.keep_frames:
             return results
         return [_with_frame(r, f.image) for r, f in zip(results, frames, strict=True)]
@@ -194,12 +320,18 @@ class Pipeline:
     def _dispatch(self) -> None:
         sources = list(self.sources.values())
         while not self._stop.is_set():
+            if self._pause.is_set():  # a swap is under way: hold, no frame in hand
+                self._held.set()
+                self._stop.wait(0.001)
+                continue
+            self._held.clear()
             moved = False
             for src in sources:
                 frame = src.read(timeout=0)
                 if frame is None:
                     continue
                 moved = True
+                self._latest[src.name] = frame.image
                 self._submit(src, frame)
             if not moved:
                 # Exhausted = the decode thread finished and its queue is drained; checking it
@@ -234,6 +366,12 @@ class Pipeline:
     def _submit(self, src: Source, frame: Frame) -> None:
         if not self._admit(src):
             return
+        if self._prepare_ahead:
+            if src.policy is not DropPolicy.BLOCK and self.pool.full:
+                with self._lock:
+                    self._counters[src.name].rejected += 1
+                return
+            frame = self._prepare(frame)
         if src.policy is DropPolicy.BLOCK:
             # Files: back-pressure, never drop.
             while not self.pool.submit(frame):
@@ -301,6 +439,76 @@ class Pipeline:
             self.sink.close()
         return ok
 
+    def swap(
+        self,
+        *,
+        artifact: Artifact,
+        bundle: ModelBundleConfig,
+        labels: Sequence[str],
+        warmup_timeout_s: float = 120.0,
+        drain_timeout_s: float = 30.0,
+    ) -> dict[str, Any]:
+        """Serve ``artifact`` from now on, without stopping the sources.
+
+        A new pool (same size) makes its runners and runs one warm-up inference per worker
+        while the old pool keeps serving. Then the dispatcher holds between two frames, the
+        old pool delivers what it has in flight (results stay in order per source), the new
+        pool takes over, and the dispatcher goes on: file sources lose no frame (they wait
+        in their queue), live sources drop at most what arrives during the drain. Raises
+        :class:`PipelineError`, with the old model still serving, when the new workers do not
+        start. Returns timings: ``warmup_s``, ``gap_ms`` (no frame dispatched), ``drained``.
+        """
+        new_model = _Model.of(artifact, bundle, labels, self.options)
+        t0 = self._clock()
+        new_pool = self._make_pool(new_model, self.pool.size)
+        deadline = t0 + warmup_timeout_s
+        while not new_pool.wait_converged(0.1):
+            st = new_pool.stats()
+            if st.failed or st.restarts > 0 or self._clock() >= deadline:
+                new_pool.stop(timeout=2.0)
+                why = "timed out" if self._clock() >= deadline else "a worker failed to start"
+                raise PipelineError(
+                    f"model '{self.model}': the new engine {artifact.dir.name} did not start "
+                    f"({why}); the old engine keeps serving",
+                    fix="check the engine with `edge-agent engine infer` and the log above",
+                )
+        warmup_s = self._clock() - t0
+        self._pause.set()
+        try:
+            if not self._done.is_set():
+                # The dispatcher parks between frames within a few ms (a BLOCK submit waits
+                # for room in the old pool, which keeps serving).
+                while not self._held.wait(0.05) and not self._done.is_set():
+                    if self._stop.is_set():
+                        break
+            t_hold = self._clock()
+            old = self.pool
+            drained = old.wait_idle(drain_timeout_s)
+            with self._lock:
+                self._model = new_model
+                self.pool = new_pool
+                self._swaps += 1
+                for samples in self._latency.values():  # figures from now on: the new engine
+                    samples.clear()
+        finally:
+            self._pause.clear()
+        gap_ms = (self._clock() - t_hold) * 1000.0
+        old.stop(timeout=drain_timeout_s)
+        log.info(
+            "model %s: now serving %s (warm-up %.2f s, dispatch gap %.1f ms)",
+            self.model,
+            artifact.dir.name,
+            warmup_s,
+            gap_ms,
+        )
+        return {"warmup_s": round(warmup_s, 3), "gap_ms": round(gap_ms, 2), "drained": drained}
+
+    def latest_frame(self, source: str | None = None) -> np.ndarray | None:
+        """The newest decoded frame of ``source`` (of any source when None); not a copy."""
+        if source is None:
+            return next(iter(self._latest.values()), None)
+        return self._latest.get(source)
+
     def resize(self, workers: int) -> None:
         """Governor hook: change the number of workers (draining ones finish their batch)."""
         self.pool.resize(max(1, workers))
@@ -314,6 +522,38 @@ class Pipeline:
         while work is queued."""
         self._fps_cap = fps_cap if fps_cap is None or fps_cap > 0 else None
         self._shed = shed_frames
+
+    def health(self) -> PipelineHealth:
+        """A cheap snapshot for the daemon's supervisor and watchdog: completed results, work
+        pending, each source's decode progress, and what (if anything) died."""
+        with self._lock:
+            completed = sum(c.results + c.errors for c in self._counters.values())
+        queued = sum(len(src.queue) for src in self.sources.values())
+        pending = queued > 0 or not self.pool.wait_idle(0)
+        sources = {}
+        dead: list[str] = []
+        for name, src in self.sources.items():
+            st = src.stats()
+            thread = src._thread  # pyright: ignore[reportPrivateUsage]
+            crashed = bool(src.events) and (
+                src.events[-1].new is SourceState.FAILED
+                and src.events[-1].reason.startswith("internal error")
+            )
+            if crashed or (
+                thread is not None and not thread.is_alive() and st.state not in TERMINAL
+            ):
+                dead.append(f"source '{name}' decode thread died ({st.state.value})")
+            sources[name] = SourceProgress(
+                state=st.state.value, frames=st.frames, last_frame_age_s=st.last_frame_age_s
+            )
+        if self.pool.failed:
+            dead.append("worker pool failed (its worker restart budget is spent)")
+        dispatcher = self._dispatcher
+        if dispatcher.ident is not None and not dispatcher.is_alive() and not self._done.is_set():
+            dead.append("dispatcher thread died")
+        return PipelineHealth(
+            completed=completed, pending=pending, sources=sources, failures=tuple(dead)
+        )
 
     # ------------------------------------------------------------------ stats
 
@@ -345,6 +585,7 @@ class Pipeline:
                 }
                 for stage, samples in self._latency.items()
             }
+            nan_outputs, swaps = self._nan_outputs, self._swaps
         pool = self.pool.stats()
         return {
             "model": self.model,
@@ -354,6 +595,9 @@ class Pipeline:
             "engine": self.artifact.dir.name,
             "workers": pool.size,
             "mean_batch": round(pool.mean_batch, 2),
+            "nan_outputs": nan_outputs,
+            "swaps": swaps,
+            "worker_restarts": pool.restarts,
             "sources": per_source,
             "latency_ms": latency,
             "sink_errors": self._sink_errors,
@@ -365,8 +609,6 @@ def _round(value: float | None) -> float | None:
 
 
 def _with_frame(result: Result, image: np.ndarray) -> Result:
-    import dataclasses
-
     return dataclasses.replace(result, frame=image)
 
 

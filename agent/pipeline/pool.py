@@ -393,7 +393,10 @@ class Worker:
         self._pool._fail_items([item], exc.stage, str(exc), self.id)
 
     def _run_stages(self, ctx: WorkerContext, batch: list[_Item]) -> list[tuple[_Item, Result]]:
-        stages = self._pool.stages
+        """Preprocess and infer; postprocess here, or hand the batch to a postprocess thread
+        (then the results are completed there and nothing is returned)."""
+        pool = self._pool
+        stages = pool.stages
         frames = [it.frame for it in batch]
         t_pick = time.monotonic()
         stage = "preprocess"
@@ -403,28 +406,32 @@ class Worker:
             stage = "infer"
             outputs = stages.infer(ctx.runner, feeds)
             t_inf = time.monotonic()
-            stage = "postprocess"
-            timings = {"preprocess": (t_pre - t_pick) * 1000.0, "infer": (t_inf - t_pre) * 1000.0}
-            results = list(stages.postprocess(frames, outputs, letterboxes, timings))
-            if len(results) != len(frames):
-                raise RuntimeError(
-                    f"postprocess returned {len(results)} results for {len(frames)} frames"
-                )
-            t_post = time.monotonic()
-            out: list[tuple[_Item, Result]] = []
-            for item, result in zip(batch, results, strict=True):
-                timings_ms = dict(result.timings_ms)
-                timings_ms.setdefault("preprocess", timings["preprocess"])
-                timings_ms.setdefault("infer", timings["infer"])
-                timings_ms["queue"] = max(0.0, (t_pick - item.frame.t_capture) * 1000.0)
-                timings_ms["postprocess"] = (t_post - t_inf) * 1000.0
-                timings_ms["total"] = max(0.0, (t_post - item.frame.t_capture) * 1000.0)
-                out.append((item, dataclasses.replace(result, timings_ms=timings_ms)))
         except WorkerFatal:
             raise
         except Exception as exc:
             raise _StageFailed(stage, exc) from exc
-        return out
+        job = _PostJob(batch, outputs, letterboxes, t_pick, t_pre, t_inf)
+        if pool.post_threads:
+            pool._post_put(job)
+            return []
+        try:
+            return pool._postprocess(job)
+        except WorkerFatal:
+            raise
+        except Exception as exc:
+            raise _StageFailed("postprocess", exc) from exc
+
+
+@dataclass(frozen=True)
+class _PostJob:
+    """A batch that went through inference, waiting for postprocess."""
+
+    batch: list[_Item]
+    outputs: Outputs
+    letterboxes: Sequence[Any]
+    t_pick: float
+    t_pre: float
+    t_inf: float
 
 
 class _StageFailed(Exception):
@@ -473,6 +480,9 @@ class WorkerPool:
             transient cause, such as memory pressure, pass).
         fatal_after: consecutive failed batches after which a worker is deemed broken and
             restarted (0: never).
+        post_threads: 0 runs postprocess in the worker; N > 0 hands each inferred batch to N
+            postprocess threads (a queue of ``2 × size`` batches, back-pressure beyond), so a
+            worker goes straight on to its next inference while the last batch is decoded.
     """
 
     def __init__(
@@ -491,6 +501,7 @@ class WorkerPool:
         restart_window_s: float = 60.0,
         fatal_after: int = 8,
         restart_delay_s: float = 0.5,
+        post_threads: int = 0,
     ):
         if size < 1:
             raise ValueError("pool size must be at least 1")
@@ -535,6 +546,18 @@ class WorkerPool:
         self._results = 0
         self._errors = 0
         self._skips = 0
+
+        # postprocess threads (their own lock: a worker hands over without the queue lock)
+        self.post_threads = max(0, int(post_threads))
+        self._pcond = threading.Condition()
+        self._post_queue: deque[_PostJob] = deque()
+        self._post_closing = False
+        self._posters = [
+            threading.Thread(target=self._post_loop, name=f"pool-post-{i}", daemon=True)
+            for i in range(self.post_threads)
+        ]
+        for t in self._posters:
+            t.start()
 
         self._delivery = threading.Thread(
             target=self._deliver_loop, name="pool-delivery", daemon=True
@@ -610,6 +633,12 @@ class WorkerPool:
             )
         for ev in events:
             self._emit(ev)
+
+    @property
+    def full(self) -> bool:
+        """The input queue is at capacity (a submit now would be refused)."""
+        with self._cond:
+            return len(self._queue) >= self.queue_capacity
 
     @property
     def backlog(self) -> int:
@@ -697,7 +726,12 @@ class WorkerPool:
         self._fail_items(leftover, "queue", "dropped: the pool stopped", None)
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        clean = not any(t.is_alive() for t in threads)
+        with self._pcond:  # postprocess what the workers handed over, then stop
+            self._post_closing = True
+            self._pcond.notify_all()
+        for t in self._posters:
+            t.join(max(0.05, deadline - time.monotonic()))
+        clean = not any(t.is_alive() for t in [*threads, *self._posters])
         with self._rcond:
             self._final = True
             self._rcond.notify_all()
@@ -829,6 +863,75 @@ class WorkerPool:
             self._fail_items(in_hand, "worker", why, w.id)
         for ev in events:
             self._emit(ev)
+
+    # ----------------------------------------------------------------- postprocess
+
+    def _post_put(self, job: _PostJob) -> None:
+        """Hand a batch to the postprocess threads; waits while ``2 × size`` batches queue."""
+        with self._pcond:
+            while len(self._post_queue) >= 2 * max(1, self._target) and not self._post_closing:
+                self._pcond.wait(0.1)
+            self._post_queue.append(job)
+            self._pcond.notify_all()
+
+    def _post_loop(self) -> None:
+        while True:
+            with self._pcond:
+                while not self._post_queue:
+                    if self._post_closing:
+                        return
+                    self._pcond.wait(0.5)
+                job = self._post_queue.popleft()
+                self._pcond.notify_all()
+            try:
+                self._complete_many(self._postprocess(job))
+            except Exception as exc:
+                self._post_per_frame(job, exc)
+
+    def _post_per_frame(self, job: _PostJob, exc: Exception) -> None:
+        """A batch failed postprocess: retry frame by frame where the outputs are batch-major,
+        so only the frame at fault gets an error result."""
+        n = len(job.batch)
+        rows = all(getattr(v, "ndim", 0) >= 1 and v.shape[0] >= n for v in job.outputs.values())
+        if n == 1 or not rows:
+            self._fail_items(job.batch, "postprocess", f"{type(exc).__name__}: {exc}", None)
+            return
+        for i, item in enumerate(job.batch):
+            single = dataclasses.replace(
+                job,
+                batch=[item],
+                outputs={k: v[i : i + 1] for k, v in job.outputs.items()},
+                letterboxes=[job.letterboxes[i]],
+            )
+            try:
+                self._complete_many(self._postprocess(single))
+            except Exception as err:
+                self._fail_items([item], "postprocess", f"{type(err).__name__}: {err}", None)
+
+    def _postprocess(self, job: _PostJob) -> list[tuple[_Item, Result]]:
+        """Postprocess one batch and stamp the per-frame stage timings."""
+        frames = [it.frame for it in job.batch]
+        timings = {
+            "preprocess": (job.t_pre - job.t_pick) * 1000.0,
+            "infer": (job.t_inf - job.t_pre) * 1000.0,
+        }
+        t_post0 = time.monotonic()
+        results = list(self.stages.postprocess(frames, job.outputs, job.letterboxes, timings))
+        if len(results) != len(frames):
+            raise RuntimeError(
+                f"postprocess returned {len(results)} results for {len(frames)} frames"
+            )
+        t_post = time.monotonic()
+        out: list[tuple[_Item, Result]] = []
+        for item, result in zip(job.batch, results, strict=True):
+            timings_ms = dict(result.timings_ms)
+            timings_ms.setdefault("preprocess", timings["preprocess"])
+            timings_ms.setdefault("infer", timings["infer"])
+            timings_ms["queue"] = max(0.0, (job.t_pick - item.frame.t_capture) * 1000.0)
+            timings_ms["postprocess"] = (t_post - t_post0) * 1000.0
+            timings_ms["total"] = max(0.0, (t_post - item.frame.t_capture) * 1000.0)
+            out.append((item, dataclasses.replace(result, timings_ms=timings_ms)))
+        return out
 
     # ----------------------------------------------------------------- results
 

@@ -1,0 +1,226 @@
+"""Device-side acceptance of a push: who may send it, to whom, until when, for what device.
+
+:meth:`Verifier.accept` runs, in order: signature (trust store) → target (fleet, device or one
+of the device's groups) → expiry → version above the persisted high-water mark → compatibility
+(profile, family, TensorRT, JetPack, model served here) → size limits and disk quota.
+
+:func:`check_bundle` runs after the download, on the staged files: the bundle loads, names the
+same model, and its ONNX keeps all external data inside the bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, DeviceProfile
+from agent.errors import ConfigError, ModelError, OtaRejected
+from agent.ota.manifest import Manifest
+from agent.ota.store import VersionStore
+from agent.ota.trust import SignedManifest, TrustStore
+
+__all__ = ["DeviceFacts", "Verifier", "check_bundle", "parse_version"]
+
+_MIB = 1024 * 1024
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"10.3.0"`` → ``(10, 3, 0)``; trailing zeros do not matter when comparing."""
+    parts = [int(p) for p in text.strip().split(".") if p.strip().isdigit()]
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the verifier knows about this device (passed in by the daemon)."""
+
+    fleet: str
+    device_id: str
+    profile: str
+    family: str
+    groups: frozenset[str] = frozenset()
+    tensorrt_version: str | None = None
+    jetpack_version: str | None = None
+    #: model names this device serves; empty = accept any model name
+    models: frozenset[str] = field(default_factory=frozenset[str])
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: AgentConfig,
+        profile: DeviceProfile,
+        *,
+        tensorrt_version: str | None = None,
+        jetpack_version: str | None = None,
+    ) -> DeviceFacts:
+        """Facts from agent.yaml (fleet, device id, mqtt.group, models) and the resolved
+        profile; the versions come from the backend / board detection."""
+        return cls(
+            fleet=cfg.fleet,
+            device_id=cfg.device_id,
+            profile=profile.name,
+            family=profile.identity.family,
+            groups=frozenset({cfg.mqtt.group}) if cfg.mqtt.group else frozenset(),
+            tensorrt_version=tensorrt_version,
+            jetpack_version=jetpack_version,
+            models=frozenset(m.name for m in cfg.models),
+        )
+
+
+class Verifier:
+    """Everything that is checked before a single byte of the bundle is fetched."""
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        device: DeviceFacts,
+        store: VersionStore,
+        *,
+        max_bundle_mib: int = 512,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.trust = trust
+        self.device = device
+        self.store = store
+        self.max_bundle_bytes = max_bundle_mib * _MIB
+        self.clock = clock
+
+    def check_signature(self, envelope: bytes | Mapping[str, Any]) -> SignedManifest:
+        return self.trust.verify(envelope)
+
+    def check_target(self, manifest: Manifest) -> None:
+        t, d = manifest.target, self.device
+        ok = t.fleet == d.fleet and (
+            (t.device is not None and t.device == d.device_id)
+            or (t.group is not None and t.group in d.groups)
+        )
+        if not ok:
+            who = f"device {t.device}" if t.device else f"group {t.group}"
+            raise OtaRejected(
+                f"push is for fleet {t.fleet} {who}; this is device {d.device_id} of fleet "
+                f"{d.fleet} in groups {sorted(d.groups)}",
+                reason="wrong_target",
+                fix="push to this device's id or one of its groups (ota.groups in agent.yaml)",
+            )
+
+    def check_expiry(self, manifest: Manifest) -> None:
+        now = int(self.clock())
+        if now >= manifest.expires:
+            raise OtaRejected(
+                f"manifest for {manifest.name} v{manifest.version} expired at "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(manifest.expires))} "
+                f"(device clock {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))})",
+                reason="expired",
+                fix="push again with a new version and a later --expires-in; check the "
+                "device clock (NTP) if it should not have expired",
+            )
+
+    def check_compat(self, manifest: Manifest) -> None:
+        c, d = manifest.compat, self.device
+        problems: list[str] = []
+        if d.models and manifest.name not in d.models:
+            problems.append(f"model {manifest.name} is not served here ({sorted(d.models)})")
+        if c.profiles and d.profile not in c.profiles:
+            problems.append(f"profile {d.profile} is not in {c.profiles}")
+        if c.families and d.family not in c.families:
+            problems.append(f"family {d.family} is not in {c.families}")
+        for what, need, have in (
+            ("TensorRT", c.min_tensorrt, d.tensorrt_version),
+            ("JetPack", c.min_jetpack, d.jetpack_version),
+        ):
+            if need is None:
+                continue
+            if have is None:
+                problems.append(f"needs {what} >= {need}; this device has none")
+            elif parse_version(have) < parse_version(need):
+                problems.append(f"needs {what} >= {need}; this device has {have}")
+        if problems:
+            raise OtaRejected(
+                f"{manifest.name} v{manifest.version} is incompatible with this device: "
+                + "; ".join(problems),
+                reason="incompatible",
+                fix="push a bundle made for this device (--profiles/--families/--min-* of "
+                "`edge-agent push`), or target other devices",
+            )
+
+    def accept(
+        self, envelope: bytes | Mapping[str, Any], *, resume: bool = False
+    ) -> SignedManifest:
+        """All checks before download; ``resume`` skips the high-water check (used when
+        recovery resumes a version this device already accepted)."""
+        signed = self.check_signature(envelope)
+        m = signed.manifest
+        self.check_target(m)
+        self.check_expiry(m)
+        if not resume:
+            self.store.check_newer(m.name, m.version)
+        self.check_compat(m)
+        self.store.check_quota(m.name, m.total_size, self.max_bundle_bytes)
+        return signed
+
+
+def _external_problem(location: str, onnx_dir: Path, bundle_dir: Path, files: Iterable[str]) -> str:
+    if not location:
+        return "an external-data tensor has no location"
+    if location.startswith("/") or "\\" in location or (len(location) > 1 and location[1] == ":"):
+        return f"external data location {location!r} is absolute"
+    if ".." in location.split("/"):
+        return f"external data location {location!r} contains '..'"
+    target = onnx_dir / location
+    try:
+        resolved = target.resolve()
+        resolved.relative_to(bundle_dir.resolve())
+    except (OSError, ValueError):
+        return f"external data location {location!r} resolves outside the bundle"
+    if target.is_symlink():
+        return f"external data location {location!r} is a symlink"
+    rel = resolved.relative_to(bundle_dir.resolve()).as_posix()
+    if rel not in set(files):
+        return f"external data file {location!r} is not listed (hashed) in the manifest"
+    return ""
+
+
+def check_bundle(bundle_dir: Path, manifest: Manifest) -> None:
+    """Post-download checks on the staged bundle (raises :class:`OtaRejected`)."""
+    import onnx
+
+    from agent.engine.bundle import external_locations, load_bundle
+
+    try:
+        bundle = load_bundle(bundle_dir)
+    except (ConfigError, ModelError) as exc:
+        raise OtaRejected(
+            f"pushed bundle is not a valid model bundle: {exc}",
+            reason="malformed",
+            fix="check the bundle with `edge-agent build` before pushing it",
+        ) from exc
+    if bundle.config.name != manifest.name:
+        raise OtaRejected(
+            f"model.yaml names model {bundle.config.name!r} but the manifest {manifest.name!r}",
+            reason="malformed",
+            fix="push the bundle under the name in its model.yaml",
+        )
+    try:
+        model = onnx.load(str(bundle.onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise OtaRejected(
+            f"{bundle.config.onnx} is not a readable ONNX model: {exc}",
+            reason="malformed",
+            fix="export the model again",
+        ) from exc
+    files = [f.path for f in manifest.files]
+    for location in external_locations(model):
+        problem = _external_problem(location, bundle.onnx_path.parent, bundle_dir, files)
+        if problem:
+            raise OtaRejected(
+                f"{bundle.config.onnx}: {problem}",
+                reason="external_data_outside_bundle",
+                fix="save the model with external data next to it "
+                "(onnx.save_model(..., save_as_external_data=True, location='weights.bin')) "
+                "and include that file in the bundle",
+            )

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Install Edge Agent as a systemd service on a Jetson (or any systemd host).
+#
+#   sudo scripts/install.sh                 install or upgrade, enable the unit
+#   sudo scripts/install.sh --now           ... and (re)start it
+#   sudo scripts/install.sh --uninstall     remove program and unit; keep config and state
+#   sudo scripts/install.sh --uninstall --purge   ... and config, state, cache and the user
+#   scripts/install.sh --root DIR           staged install into DIR (or DESTDIR=DIR)
+#   options: --prefix DIR (default /opt/edge-agent), --no-venv (skip the venv step; also
+#            EDGE_AGENT_NO_VENV=1), --python PYTHON, --dry-run (print what would be done)
+#
+# What it does (idempotent: running it twice leaves the same tree):
+#   1. a venv at PREFIX/venv with --system-site-packages, so JetPack's TensorRT and its
+#      GStreamer-enabled OpenCV are the ones used, and this package installed into it
+#      (with the [jetson] extra on a Jetson);
+#   2. the system user edge-agent (sysusers.d file, applied now on a live system) — the unit
+#      adds the groups video, and render/jtop where they exist (a drop-in);
+#   3. /etc/edge-agent/agent.yaml from systemd/agent.example.yaml unless it exists, and the
+#      bundled demo model and calibration frames under /var/lib/edge-agent unless present;
+#   4. /etc/systemd/system/edge-agent.service (+ edge-agent.service.d/10-groups.conf), then
+#      systemctl daemon-reload and enable — only on a live system where systemd runs.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="${DESTDIR:-}"
+PREFIX=/opt/edge-agent
+PYTHON="${PYTHON:-python3}"
+MODE=install
+PURGE=0
+NOW=0
+DRY=0
+VENV=1
+[ "${EDGE_AGENT_NO_VENV:-0}" = 1 ] && VENV=0
+
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "install.sh: error: $*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
+    --root=*) ROOT="${1#--root=}"; shift ;;
+    --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
+    --prefix=*) PREFIX="${1#--prefix=}"; shift ;;
+    --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
+    --no-venv) VENV=0; shift ;;
+    --uninstall) MODE=uninstall; shift ;;
+    --purge) PURGE=1; shift ;;
+    --now) NOW=1; shift ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+case "$PREFIX" in /*) ;; *) die "--prefix must be an absolute path, got '$PREFIX'" ;; esac
+if [ -n "$ROOT" ]; then
+  mkdir -p "$ROOT"
+  ROOT="$(cd "$ROOT" && pwd)"
+  [ "$ROOT" = / ] && ROOT=""
+fi
+if [ -z "$ROOT" ] && [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then
+  die "installing into the live system needs root; run with sudo, or stage with --root DIR"
+fi
+
+UNIT_DIR="$ROOT/etc/systemd/system"
+DROPIN_DIR="$UNIT_DIR/edge-agent.service.d"
+SYSUSERS="$ROOT/etc/sysusers.d/edge-agent.conf"
+CONF_DIR="$ROOT/etc/edge-agent"
+STATE_DIR="$ROOT/var/lib/edge-agent"
+CACHE_DIR="$ROOT/var/cache/edge-agent"
+DOC_DIR="$ROOT$PREFIX/share/doc/edge-agent"
+VENV_DIR="$ROOT$PREFIX/venv"
+
+run() {
+  if [ "$DRY" = 1 ]; then
+    printf 'would run:'; printf ' %q' "$@"; printf '\n'
+  else
+    "$@"
+  fi
+}
+say() { echo "install.sh: $*"; }
+live_systemd() { [ -z "$ROOT" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+
+# write_file DEST MODE: stdin → DEST, only when the content differs (idempotent, no churn).
+write_file() {
+  local dest="$1" mode="$2" tmp
+  tmp="$(mktemp)"
+  cat >"$tmp"
+  if [ -f "$dest" ] && cmp -s "$tmp" "$dest"; then
+    rm -f "$tmp"
+    run chmod "$mode" "$dest"
+    return 0
+  fi
+  run install -D -m "$mode" "$tmp" "$dest"
+  rm -f "$tmp"
+  say "wrote ${dest}"
+}
+
+group_exists() {
+  # A group of the target system: $ROOT/etc/group when staged, NSS on a live system.
+  if [ -n "$ROOT" ]; then
+    [ -f "$ROOT/etc/group" ] && grep -q "^$1:" "$ROOT/etc/group"
+  else
+    getent group "$1" >/dev/null
+  fi
+}
+
+is_jetson() { uname -r | grep -q tegra || [ -f "$ROOT/etc/nv_tegra_release" ]; }
+
+install_venv() {
+  if [ "$VENV" = 0 ]; then
+    say "skipping the venv (--no-venv): the unit expects $PREFIX/venv/bin/edge-agent"
+    return 0
+  fi
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || die "Python >= 3.10 is required ($("$PYTHON" --version 2>&1)); pass --python PYTHON"
+  if [ ! -x "$VENV_DIR/bin/python" ]; then
+    run "$PYTHON" -m venv --system-site-packages "$VENV_DIR"
+  fi
+  local spec="$REPO"
+  is_jetson && spec="$REPO[jetson]"
+  run "$VENV_DIR/bin/python" -m pip --disable-pip-version-check -q install --upgrade "$spec"
+  say "installed edge-agent into $VENV_DIR"
+}
+
+install_user() {
+  # The user for systemd-sysusers (applied at boot on staged images, now on a live system).
+  write_file "$SYSUSERS" 0644 <<'EOF'
+# Edge Agent service user (scripts/install.sh)
+u edge-agent - "Edge Agent" /var/lib/edge-agent /usr/sbin/nologin
+m edge-agent video
+EOF
+  [ -n "$ROOT" ] && return 0
+  if ! getent passwd edge-agent >/dev/null; then
+    if command -v systemd-sysusers >/dev/null; then
+      run systemd-sysusers "$SYSUSERS"
+    else
+      run useradd --system --user-group --home-dir /var/lib/edge-agent --no-create-home \
+        --shell /usr/sbin/nologin edge-agent
+    fi
+  fi
+  local g
+  for g in video render jtop; do
+    if group_exists "$g" && ! id -nG edge-agent 2>/dev/null | tr ' ' '\n' | grep -qx "$g"; then
+      run usermod -aG "$g" edge-agent
+    fi
+  done
+}
+
+install_config() {
+  if [ -e "$CONF_DIR/agent.yaml" ]; then
+    say "keeping the existing $CONF_DIR/agent.yaml"
+  else
+    write_file "$CONF_DIR/agent.yaml" 0640 <"$REPO/systemd/agent.example.yaml"
+  fi
+  # The demo model the example config serves, unless a model is already there.
+  if [ ! -e "$STATE_DIR/models/shapes-det" ]; then
+    run mkdir -p "$STATE_DIR/models" "$STATE_DIR/calib"
+    run cp -R "$REPO/agent/data/models/shapes-det" "$STATE_DIR/models/shapes-det"
+    run cp -R "$REPO/calib/shapes-det" "$STATE_DIR/calib/shapes-det"
+    say "copied the demo model to $STATE_DIR/models/shapes-det"
+  fi
+  run mkdir -p "$CACHE_DIR"
+  if [ -z "$ROOT" ] && getent passwd edge-agent >/dev/null; then
+    run chown root:edge-agent "$CONF_DIR" "$CONF_DIR/agent.yaml"
+    run chmod 0750 "$CONF_DIR"
+    run chown -R edge-agent:edge-agent "$STATE_DIR" "$CACHE_DIR"
+  fi
+}
+
+install_unit() {
+  sed "s#/opt/edge-agent#$PREFIX#g" "$REPO/systemd/edge-agent.service" \
+    | write_file "$UNIT_DIR/edge-agent.service" 0644
+  local groups="" g
+  for g in render jtop; do
+    group_exists "$g" && groups="$groups $g"
+  done
+  {
+    echo "# Written by scripts/install.sh: the supplementary groups that exist on this system"
+    echo "# (video is in the unit; render for /dev/dri, jtop for /run/jtop.sock)."
+    echo "[Service]"
+    [ -n "$groups" ] && echo "SupplementaryGroups=${groups# }"
+    true
+  } | write_file "$DROPIN_DIR/10-groups.conf" 0644
+  write_file "$DOC_DIR/systemd-README.md" 0644 <"$REPO/systemd/README.md"
+  if live_systemd; then
+    run systemctl daemon-reload
+    run systemctl enable edge-agent.service
+    if [ "$NOW" = 1 ]; then
+      run systemctl restart edge-agent.service
+    else
+      say "enabled; start it with: sudo systemctl start edge-agent"
+    fi
+  else
+    say "systemd is not running here (or this is a staged install): not enabling the unit"
+  fi
+}
+
+uninstall() {
+  if live_systemd && systemctl list-unit-files edge-agent.service >/dev/null 2>&1; then
+    run systemctl disable --now edge-agent.service || true
+  fi
+  run rm -f "$UNIT_DIR/edge-agent.service" "$DROPIN_DIR/10-groups.conf" "$SYSUSERS"
+  [ -d "$DROPIN_DIR" ] && run rmdir --ignore-fail-on-non-empty "$DROPIN_DIR"
+  run rm -rf "$VENV_DIR" "$DOC_DIR"
+  [ -d "$ROOT$PREFIX" ] && run find "$ROOT$PREFIX" -depth -type d -empty -delete
+  live_systemd && run systemctl daemon-reload
+  if [ "$PURGE" = 1 ]; then
+    run rm -rf "$CONF_DIR" "$STATE_DIR" "$CACHE_DIR"
+    if [ -z "$ROOT" ] && getent passwd edge-agent >/dev/null; then
+      run userdel edge-agent
+    fi
+    say "removed program, unit, configuration, state, cache and the user"
+  else
+    say "removed program and unit; kept $CONF_DIR, $STATE_DIR and $CACHE_DIR (--purge removes them)"
+  fi
+}
+
+if [ "$MODE" = uninstall ]; then
+  uninstall
+else
+  install_venv
+  install_user
+  install_config
+  install_unit
+  say "done${ROOT:+ (staged under $ROOT)}"
+fi
