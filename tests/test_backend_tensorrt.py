@@ -23,7 +23,13 @@ from fakes.fake_tensorrt import (
 )
 
 from agent.backends import tensorrt as trtb
-from agent.backends.base import BuildRequest, InputShapes, get_backend, summarize_layer_times
+from agent.backends.base import (
+    BuildRequest,
+    DeviceTensor,
+    InputShapes,
+    get_backend,
+    summarize_layer_times,
+)
 from agent.errors import ArtifactError, BackendUnavailable, BuildFailed
 
 MIB = 1024 * 1024
@@ -372,6 +378,29 @@ def test_runner_round_trip_through_device_buffers(tmp_path: Path, fake: Any) -> 
     assert not cuda.live  # every device buffer freed on deactivate
     assert ("set_input_shape", "images", (2, 3, 4, 4)) in fake._fake.calls
     assert fake._fake.named("execute_async_v3")
+
+
+def test_runner_binds_a_device_tensor_without_a_copy(tmp_path: Path, fake: Any) -> None:
+    # The GPU preprocessor writes the batch into device memory on the runner's stream; the
+    # runner binds that address as the input: no host staging, no host→device copy.
+    result = _build(tmp_path, fake)
+    cuda = FakeCuda(fake._fake.memory)
+    x = np.linspace(-2, 2, 2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    with trtb.TrtRunner(tmp_path / "artifact", result.main_file, cuda=cuda) as runner:
+        assert runner.accepts_device_inputs and runner.stream is not None
+        dev = cuda.DeviceBuffer(x.nbytes)
+        fake._fake.memory.block(dev.ptr)[: x.nbytes] = x.tobytes()
+        calls_before = len(cuda.calls)
+        out = runner.infer({"images": DeviceTensor(dev.ptr, x.shape)})
+        np.testing.assert_array_equal(out["scores"], np.maximum(x, 0))
+        new_calls = cuda.calls[calls_before:]
+        assert not [c for c in new_calls if c[0] == "htod"], new_calls
+        assert ("set_tensor_address", "images", dev.ptr) in fake._fake.calls
+        with pytest.raises(ValueError, match="float16"):
+            runner.infer({"images": DeviceTensor(dev.ptr, x.shape, "float16")})
+        with pytest.raises(ValueError, match="optimization profile"):
+            runner.infer({"images": DeviceTensor(dev.ptr, (9, 3, 4, 4))})
+        dev.close()
 
 
 def test_runner_bindings_fallback_on_old_tensorrt(

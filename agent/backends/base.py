@@ -92,6 +92,17 @@ class BuildResult:
     info: Mapping[str, Any] = field(default_factory=dict[str, Any])
 
 
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A runner input already in device memory (e.g. the GPU preprocessor's output), written
+    by work queued on the runner's own CUDA stream: a runner whose ``accepts_device_inputs`` is
+    True binds ``ptr`` as the input address, with no copy and no synchronization."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
 @runtime_checkable
 class Runner(Protocol):
     """Runs inference on one artifact. Use as a context manager."""

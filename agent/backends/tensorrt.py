@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from agent.backends.base import (
     BuildRequest,
     BuildResult,
+    DeviceTensor,
     InputShapes,
     ProgressFn,
     RunnerBase,
@@ -764,7 +765,18 @@ class TrtRunner(RunnerBase):
         # An ndarray over the pinned bytes: a view, never a copy.
         return np.ndarray(shape, dtype=dtype, buffer=flat)
 
-    def infer(self, feeds: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    #: :class:`~agent.backends.base.DeviceTensor` feeds are bound without a copy
+    accepts_device_inputs = True
+
+    @property
+    def stream(self) -> Any:
+        """The runner's CUDA stream (None until active): queue the work that writes a
+        :class:`~agent.backends.base.DeviceTensor` input on it."""
+        return self._stream
+
+    def infer(self, feeds: Mapping[str, NDArray[Any] | DeviceTensor]) -> dict[str, NDArray[Any]]:
+        """Run the engine. A feed is a host array (staged in pinned memory and copied up) or a
+        :class:`~agent.backends.base.DeviceTensor` written on :attr:`stream` (bound as is)."""
         context = self._context
         if context is None:
             raise RuntimeError("runner is not active; use it as a context manager")
@@ -774,12 +786,32 @@ class TrtRunner(RunnerBase):
             raise ValueError(
                 f"feeds do not match the engine inputs: missing {missing}, unexpected {extra}"
             )
+        device_feeds = {k: v for k, v in feeds.items() if isinstance(v, DeviceTensor)}
+        host_feeds = {k: v for k, v in feeds.items() if not isinstance(v, DeviceTensor)}
         if not self._caps.io_tensors_api:
-            return self._infer_bindings(feeds)
+            if device_feeds:
+                raise ValueError(
+                    "device-memory inputs need TensorRT's named-tensor API (TensorRT >= 8.5)"
+                )
+            return self._infer_bindings(host_feeds)
         cuda = self._cuda
         stream = self._stream
         for spec in self._inputs:
-            array = np.ascontiguousarray(feeds[spec.name], dtype=np.dtype(spec.dtype))
+            tensor = device_feeds.get(spec.name)
+            if tensor is not None:
+                if np.dtype(tensor.dtype) != np.dtype(spec.dtype):
+                    raise ValueError(
+                        f"input '{spec.name}' is {spec.dtype} but the device tensor is "
+                        f"{tensor.dtype}"
+                    )
+                if not context.set_input_shape(spec.name, tensor.shape):  # pyright: ignore[reportUnknownMemberType, reportCallIssue, reportArgumentType]
+                    raise ValueError(
+                        f"input '{spec.name}' shape {tensor.shape} is outside the engine's "
+                        f"optimization profile (engine shape {spec.shape})"
+                    )
+                context.set_tensor_address(spec.name, tensor.ptr)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
+                continue
+            array = np.ascontiguousarray(host_feeds[spec.name], dtype=np.dtype(spec.dtype))
             if not context.set_input_shape(spec.name, array.shape):  # pyright: ignore[reportUnknownMemberType, reportCallIssue, reportArgumentType]
                 raise ValueError(
                     f"input '{spec.name}' shape {array.shape} is outside the engine's "

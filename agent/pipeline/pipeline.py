@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from agent.backends import cuda
-from agent.backends.base import Backend, Runner
+from agent.backends.base import Backend, DeviceTensor, Runner
 from agent.config import InputSpec, ModelBundleConfig, SourceConfig
 from agent.engine.cache import Artifact
 from agent.engine.preprocess import preprocess
@@ -36,7 +36,7 @@ from agent.errors import PipelineError
 from agent.pipeline.frames import Frame, Prepared, Result
 from agent.pipeline.pool import PoolEvent, Stages, WorkerContext, WorkerPool, result_error
 from agent.pipeline.postprocess import Postprocessor
-from agent.pipeline.preprocess import CpuPreprocessor, make_preprocessor
+from agent.pipeline.preprocess import CpuPreprocessor, GpuPreprocessor, make_preprocessor
 from agent.pipeline.sinks import Sink
 from agent.pipeline.sources import (
     TERMINAL,
@@ -241,11 +241,21 @@ class Pipeline:
     # ------------------------------------------------------------------ worker stages
 
     def _setup(self, m: _Model, ctx: WorkerContext) -> None:
-        ctx.resources["preprocessor"] = make_preprocessor(
+        # A runner with its own CUDA stream (TensorRT) gets the GPU preprocessor on that
+        # stream: the kernel's output is bound as the engine input, with no copy and no sync.
+        stream = getattr(ctx.runner, "stream", None)
+        pre = make_preprocessor(
             m.spec,
             m.size_hw,
             m.batch,
             prefer_gpu=self.options.prefer_gpu_preprocess,
+            stream=stream,
+        )
+        ctx.resources["preprocessor"] = pre
+        ctx.resources["device_feed"] = (
+            isinstance(pre, GpuPreprocessor)
+            and stream is not None
+            and bool(getattr(ctx.runner, "accepts_device_inputs", False))
         )
         ctx.runner.infer(m.warmup_feeds())  # the worker is warm before it reports IDLE
 
@@ -265,7 +275,7 @@ class Pipeline:
 
     def _preprocess(
         self, m: _Model, frames: Sequence[Frame], ctx: WorkerContext
-    ) -> tuple[dict[str, np.ndarray], list[Any]]:
+    ) -> tuple[dict[str, np.ndarray | DeviceTensor], list[Any]]:
         pre = ctx.resources["preprocessor"]
         ready = [f.prepared for f in frames]
         if all(p is not None for p in ready) and isinstance(pre, CpuPreprocessor):
@@ -282,6 +292,8 @@ class Pipeline:
                 pre.buffer[i] = tensor
             return {m.input_name: pre.buffer}, letterboxes
         letterboxes = pre.process([f.image for f in frames])
+        if ctx.resources.get("device_feed"):
+            return {m.input_name: DeviceTensor(pre.ptr, tuple(pre.shape))}, letterboxes
         # The engine's batch is fixed: rows past len(frames) are stale and ignored downstream.
         return {m.input_name: pre.download()}, letterboxes
 
