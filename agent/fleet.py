@@ -48,17 +48,20 @@ CALIB_SPACING_S = 0.2
 # --------------------------------------------------------------------------- metrics
 
 
-_ENGINE_HASHES: dict[Path, str] = {}
+_ENGINE_HASHES: dict[tuple[Path, int, int], str] = {}
 
 
 def engine_hash(path: Path) -> str | None:
-    """SHA-256 of an engine file, computed once per file."""
-    if path not in _ENGINE_HASHES:
-        try:
-            _ENGINE_HASHES[path] = sha256_file(path)
-        except OSError:
-            return None
-    return _ENGINE_HASHES[path]
+    """SHA-256 of an engine file, computed once per file version (path, mtime, size): a
+    forced rebuild into the same cache directory gets its new hash."""
+    try:
+        st = path.stat()
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key not in _ENGINE_HASHES:
+            _ENGINE_HASHES[key] = sha256_file(path)
+    except OSError:
+        return None
+    return _ENGINE_HASHES[key]
 
 
 def metrics_body(daemon: Daemon) -> dict[str, Any]:
@@ -173,6 +176,11 @@ class DaemonControl:
             )
         if source is None:
             source = next((s.name for s in cfg.sources if s.model == model), None)
+            if source is None:
+                raise EdgeAgentError(
+                    f"model '{model}' has no source here to take frames from",
+                    fix="name a source with args.source or add one for the model to agent.yaml",
+                )
         count = max(1, min(int(count), CALIB_MAX_FRAMES))
         ref = refs[model]
         target = ref.calib_dir or cfg.state_dir / "calib" / model
@@ -297,7 +305,9 @@ class TelemetryComponent:
             self.service.set_model_state(record)
 
     def tick(self, daemon: Daemon, now: float) -> None:
-        if now < self._next:
+        if daemon.profile is not None:  # set-profile / a reload may switch the profile
+            self.interval_s = daemon.profile.telemetry.interval_s
+        if now < self._next and self._next - now <= self.interval_s:
             return
         self._next = now + self.interval_s
         self.publish_now()
@@ -368,12 +378,15 @@ class OtaComponent:
             builds_allowed=daemon.builds_allowed,
             check_golden=golden_checker(threads=profile.runtime.intra_op_threads),
             publish_state=self._publish,
+            baseline_sample=self._baseline_sample,
         )
         facts = DeviceFacts.from_config(cfg, profile, tensorrt_version=_tensorrt_version(profile))
         self.updater: Updater = Updater.from_config(
             cfg, facts, hooks, config_dir=daemon.config_path.parent
         )
         report = self.updater.recover()
+        #: recovery ran before telemetry was wired: start() reports what it found
+        self._recovered = report.interrupted_at is not None
         if report.interrupted_at is not None:
             log.warning(
                 "an update was interrupted at %s; %s",
@@ -433,6 +446,15 @@ class OtaComponent:
         frames = sum(int(s["results"]) for s in stats["sources"].values())
         return ProbationSample(fps=fps, nan_outputs=new_nan, crashed=crashed, frames=frames)
 
+    def _baseline_sample(self, model: str) -> ProbationSample:
+        """The model serving now (before a swap), measured the way probation measures."""
+        from agent.ota.updater import ProbationSample
+
+        stats = self.daemon.pipeline_stats(model)
+        infer = stats.get("latency_ms", {}).get("infer", {}).get("p50") if stats else None
+        fps = 1000.0 / infer if isinstance(infer, (int, float)) and infer > 0 else None
+        return ProbationSample(fps=fps)
+
     # -- component
 
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -440,6 +462,15 @@ class OtaComponent:
         self.updater.submit(payload)
 
     def start(self) -> None:
+        # The record recovery finished (e.g. "failed: interrupted at probation" after a crash)
+        # was written before MQTT was wired: publish it now, retained, so the broker's copy
+        # does not keep saying "probation"; an event only when recovery changed something.
+        record = self.updater.status()
+        if record is not None:
+            if self._recovered:
+                self._publish(record)
+            else:
+                self.publish_state(record)
         self.updater.start()
 
     def health(self) -> Health:

@@ -33,6 +33,11 @@ Decisions
 * **Probation throughput.** ``ProbationSample.fps`` must be the serving engine's inference
   throughput (inferences per second of one worker, i.e. 1000 / mean inference ms), comparable
   to the gate's batch-1 figure in ``BuildResult.validated_fps`` — not the camera frame rate.
+  The gate times a hot loop; a live pipeline pays per-call costs that loop does not see (cold
+  caches after idling between frames, thread hand-offs), which for a small model are several
+  times its inference time. So when ``hooks.baseline_sample`` gives the old model's throughput
+  in the same pipeline just before the swap, the new model is "slow" only when it is below
+  ``probation_min_fps_fraction`` of *both* its validated figure and that baseline.
 """
 
 from __future__ import annotations
@@ -164,6 +169,8 @@ class UpdaterHooks:
     * ``activate(model, bundle_dir, result)`` warms a runner pool for ``result`` and swaps it in
       between frames; when it raises, the previous model must still be serving.
     * ``probation_sample()`` reports the serving model since the last call.
+    * ``baseline_sample(model)`` (optional) reports the model serving now, before the swap: the
+      like-for-like throughput the probation compares with (see the module docstring).
     * ``builds_allowed()`` is the governor's build admission; the updater polls it.
     * ``check_golden(result, bundle_dir)`` raises when golden outputs do not match.
     * ``publish_state(record)`` gets every state change (publish it retained).
@@ -175,6 +182,7 @@ class UpdaterHooks:
     builds_allowed: Callable[[], bool] = _always
     check_golden: Callable[[BuildResult, Path], None] | None = None
     publish_state: Callable[[dict[str, Any]], None] = _no_publish
+    baseline_sample: Callable[[str], ProbationSample] | None = None
 
 
 @dataclass(frozen=True)
@@ -674,6 +682,8 @@ class Updater:
                 raise _Fail(S.FAILED, "golden_mismatch", str(exc)) from exc
         previous = self._rollback_target(model, exclude_version=version)
         self._update(previous=None if previous is None else _target_json(previous))
+        baseline_fps = self._baseline_fps(model)
+        self._update(baseline_fps=baseline_fps)
         self._transition(S.ACTIVATING)
         try:
             self.hooks.activate(model, bundle_dir, result)
@@ -682,7 +692,7 @@ class Updater:
                 S.FAILED, "activate_failed", f"activation failed, previous model serves: {exc}"
             ) from exc
         self._transition(S.PROBATION)
-        verdict = self._probation(result)
+        verdict = self._probation(result, baseline_fps)
         if verdict is None:
             self.store.commit(
                 model,
@@ -709,7 +719,20 @@ class Updater:
             raise _Fail(S.FAILED, reason, f"{detail}; rollback activation failed: {exc}") from exc
         self._transition(S.ROLLED_BACK, reason, f"{detail}; rolled back to {_describe(previous)}")
 
-    def _probation(self, result: BuildResult) -> tuple[str, str] | None:
+    def _baseline_fps(self, model: str) -> float | None:
+        """The serving (old) model's inference throughput in its pipeline, or None."""
+        if self.hooks.baseline_sample is None:
+            return None
+        try:
+            fps = self.hooks.baseline_sample(model).fps
+        except Exception:  # a figure we cannot get must not stop the update
+            log.exception("baseline_sample hook failed", extra=log_fields(model=model))
+            return None
+        return fps if fps is not None and fps > 0 else None
+
+    def _probation(
+        self, result: BuildResult, baseline_fps: float | None = None
+    ) -> tuple[str, str] | None:
         """None when the new model passes probation, else (reason, detail)."""
         window = self.config.probation_s
         if window <= 0:
@@ -739,13 +762,18 @@ class Updater:
         validated = result.validated_fps
         if fps and validated:
             mean = sum(fps) / len(fps)
-            floor = self.config.probation_min_fps_fraction * validated
-            if mean < floor:
+            fraction = self.config.probation_min_fps_fraction
+            slow = mean < fraction * validated
+            if slow and baseline_fps is not None:
+                slow = mean < fraction * baseline_fps
+            if slow:
+                before = ""
+                if baseline_fps is not None:
+                    before = f" and the {baseline_fps:.1f}/s the previous model served"
                 return (
                     "probation_slow",
                     f"served {mean:.1f} inferences/s over {samples} samples, below "
-                    f"{self.config.probation_min_fps_fraction:g} × the validated "
-                    f"{validated:.1f}/s",
+                    f"{fraction:g} × the validated {validated:.1f}/s{before}",
                 )
         return None
 
