@@ -605,6 +605,7 @@ class Daemon:
         self.bundle_overrides: dict[str, Path] = {}
         #: profile asked for by the set-profile command (applied by the next reload)
         self.profile_override: str | None = None
+        self._profile_override_applied: str | None = None
         self.telemetry: Any = None
         self.ota: Any = None
         self._swap_lock = threading.RLock()
@@ -1322,6 +1323,12 @@ class Daemon:
         self._finish_reload(ok=True, what="applied")
 
     def _finish_reload(self, *, ok: bool, what: str) -> None:
+        # A profile asked for by set-profile sticks only once a reload applied it.
+        if ok:
+            self._profile_override_applied = self.profile_override
+        else:
+            self.profile_override = self._profile_override_applied
+        self.emit("config.reload", {"ok": ok, "what": what, "config": str(self.config_path)})
         self._to(DaemonState.READY, f"reload {what}")
         status = self._status_line()
         if not ok:

@@ -149,12 +149,15 @@ class DaemonControl:
         return f"reload of {self.daemon.config_path} requested"
 
     def set_profile(self, name: str) -> str:
+        from agent.backends.base import get_backend
         from agent.profiles import ProfileStore
 
         profiles_dir = self.daemon.options.profiles_dir
-        ProfileStore(Path(profiles_dir) if profiles_dir else None).load(
-            name
-        )  # raises naming the profiles
+        store = ProfileStore(Path(profiles_dir) if profiles_dir else None)
+        profile = store.load(name)  # raises naming the profiles
+        # refused now rather than accepted and then failing every later reload (a TensorRT
+        # profile on a CPU host): the override stays until the agent restarts
+        get_backend(profile.build.backend)
         self.daemon.profile_override = name
         self.daemon.request_reload()
         return f"profile {name} requested; engines are rebuilt for it on reload"

@@ -331,12 +331,16 @@ class Pipeline:
 
     def _dispatch(self) -> None:
         sources = list(self.sources.values())
+        ready = threading.Event()  # set by any source's queue on put/close: no polling delay
+        for src in sources:
+            src.queue.listener = ready
         while not self._stop.is_set():
             if self._pause.is_set():  # a swap is under way: hold, no frame in hand
                 self._held.set()
                 self._stop.wait(0.001)
                 continue
             self._held.clear()
+            ready.clear()  # before the scan: a frame queued during it sets it again
             moved = False
             for src in sources:
                 frame = src.read(timeout=0)
@@ -350,7 +354,7 @@ class Pipeline:
                 # consumes nothing, so a last frame queued just now is still dispatched.
                 if all(s.queue.exhausted for s in sources):
                     break
-                time.sleep(0.002)
+                ready.wait(0.05)
         self._done.set()
 
     def _admit(self, src: Source) -> bool:
@@ -389,7 +393,7 @@ class Pipeline:
             while not self.pool.submit(frame):
                 if self._stop.is_set() or self.pool.failed:
                     return
-                time.sleep(0.001)
+                time.sleep(0.0002)  # the pool is saturated: a worker frees a slot shortly
             return
         if not self.pool.submit(frame):
             with self._lock:

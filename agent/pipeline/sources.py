@@ -203,6 +203,8 @@ class FrameQueue:
         self._items: deque[Frame] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        #: set on every put and on close: lets one consumer wait on several queues at once
+        self.listener: threading.Event | None = None
 
     def put(self, frame: Frame, timeout: float | None = None) -> bool:
         """Enqueue; ``False`` if the queue is closed (or, for BLOCK, ``timeout`` passed)."""
@@ -221,7 +223,9 @@ class FrameQueue:
                         return False
             self._items.append(frame)
             self._cond.notify_all()
-            return True
+        if self.listener is not None:
+            self.listener.set()
+        return True
 
     def get(self, timeout: float | None = None) -> Frame | None:
         """The oldest frame, or ``None`` after ``timeout`` or once closed and empty."""
@@ -237,6 +241,8 @@ class FrameQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self.listener is not None:
+            self.listener.set()
 
     @property
     def closed(self) -> bool:
