@@ -698,8 +698,11 @@ class MqttConfig(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not _MQTT_URL.match(v):
+        match = _MQTT_URL.match(v)
+        if not match:
             raise ValueError(f"'{v}' is not mqtt://host:port or mqtts://host:port")
+        if match.group(1) is not None and not 1 <= int(match.group(1)[1:]) <= 65535:
+            raise ValueError(f"'{v}': port {match.group(1)[1:]} is not in 1..65535")
         return v
 
     @model_validator(mode="after")

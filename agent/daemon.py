@@ -191,6 +191,8 @@ class Supervisor:
         self.clock = clock
         self.restarts: dict[str, int] = {}
         self._budgets: dict[str, RestartBudget] = {}
+        #: components whose last restart raised: still failed, whatever their health says
+        self._start_errors: dict[str, str] = {}
 
     def configure(self, budget: int, window_s: float) -> None:
         self.budget, self.window_s = budget, window_s
@@ -200,13 +202,14 @@ class Supervisor:
     def check(self, component: Component, health: Health) -> bool:
         """Restart ``component`` if ``health`` says it failed; True when it was restarted.
         Raises :class:`RestartBudgetSpent` when the budget does not allow another restart."""
-        if health.failure is None:
-            return False
         name = component.name
+        failure = health.failure or self._start_errors.get(name)
+        if failure is None:
+            return False
         budget = self._budgets.setdefault(name, RestartBudget(self.budget, self.window_s))
         if not budget.try_spend(self.clock()):
             raise RestartBudgetSpent(
-                f"component '{name}' failed again ({health.failure}) after "
+                f"component '{name}' failed again ({failure}) after "
                 f"{self.restarts.get(name, 0)} restarts; restart budget of {self.budget} per "
                 f"{self.window_s:g} s is spent",
                 fix="see the log for the cause of the failures; raise daemon.restart_budget or "
@@ -215,13 +218,26 @@ class Supervisor:
         self.restarts[name] = self.restarts.get(name, 0) + 1
         log.warning(
             "component %s failed: %s; restarting (%d/%d in %g s)",
-            name, health.failure, budget.used, self.budget, self.window_s,
-            extra=log_fields(event="restart", component=name, reason=health.failure,
+            name, failure, budget.used, self.budget, self.window_s,
+            extra=log_fields(event="restart", component=name, reason=failure,
                              restarts=self.restarts[name]),
         )  # fmt: skip
-        with contextlib.suppress(Exception):
+        try:
             component.stop(timeout=2.0)
-        component.start()
+        except Exception:
+            log.exception(
+                "stopping %s before its restart failed; starting it anyway", name,
+                extra=log_fields(event="restart", component=name),
+            )  # fmt: skip
+        try:
+            component.start()
+        except Exception as exc:  # counts as another failure, within the same budget
+            self._start_errors[name] = f"restart failed: {type(exc).__name__}: {exc}"
+            log.exception(
+                "restarting %s failed", name, extra=log_fields(event="restart", component=name)
+            )
+            return False
+        self._start_errors.pop(name, None)
         return True
 
     def to_json(self) -> dict[str, Any]:
@@ -1298,6 +1314,16 @@ class Daemon:
                         extra=log_fields(event="final_stats", stats=stats, reason="reload"),
                     )
         profile_changed = self.profile is not None and plan.profile.name != self.profile.name
+        if self.cfg is not None:
+            # Telemetry and OTA are wired once, at start: say so instead of implying it applied.
+            ignored = [k for k in _START_ONLY if getattr(cfg, k) != getattr(self.cfg, k)]
+            if ignored:
+                log.warning(
+                    "reload: %s changed but %s read only at start; restart the agent to apply",
+                    ", ".join(ignored), "is" if len(ignored) == 1 else "are",
+                    extra=log_fields(event="reload", restart_needed=ignored),
+                )  # fmt: skip
+                self.emit("config.restart_needed", {"sections": ignored})
         self.cfg, self.profile, self.l4t = cfg, plan.profile, plan.l4t
         for name in plan.changed:
             comp = self._pipeline_component(name, cfg, plan.profile)
@@ -1334,6 +1360,10 @@ class Daemon:
         if not ok:
             status = f"reload rejected ({what}), running the previous config; " + status
         self.notifier.ready(status)
+
+
+#: AgentConfig sections the fleet components (MQTT, Prometheus, OTA) read once, at start
+_START_ONLY = ("device_id", "fleet", "state_dir", "mqtt", "metrics", "ota")
 
 
 def _no_progress(stage: str, fraction: float, message: str) -> None:

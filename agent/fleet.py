@@ -16,6 +16,7 @@ Nothing here imports paho or prometheus_client directly (``agent.comms`` does).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -217,7 +218,7 @@ class DaemonControl:
         future = updater.rollback(name)
         try:
             return future.result(timeout=ROLLBACK_WAIT_S)
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:  # not the builtin TimeoutError before 3.11
             return {"model": name, "state": "queued", "detail": "the rollback is under way"}
 
 
@@ -361,6 +362,7 @@ class OtaComponent:
         from agent.ota.hooks import engine_build_hook, golden_checker
         from agent.ota.updater import Updater, UpdaterHooks
         from agent.ota.verify import DeviceFacts
+        from agent.profiles import jetpack_for_l4t
 
         self.daemon = daemon
         self.publish_state: Callable[[dict[str, Any]], None] = lambda rec: None
@@ -383,7 +385,12 @@ class OtaComponent:
             publish_state=self._publish,
             baseline_sample=self._baseline_sample,
         )
-        facts = DeviceFacts.from_config(cfg, profile, tensorrt_version=_tensorrt_version(profile))
+        facts = DeviceFacts.from_config(
+            cfg,
+            profile,
+            tensorrt_version=_tensorrt_version(profile),
+            jetpack_version=jetpack_for_l4t(daemon.l4t),
+        )
         self.updater: Updater = Updater.from_config(
             cfg, facts, hooks, config_dir=daemon.config_path.parent
         )

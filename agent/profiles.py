@@ -184,6 +184,46 @@ def parse_l4t_release(text: str) -> str | None:
     return f"{m.group(1)}.{m.group(2)}.{m.group(3) or '0'}"
 
 
+#: L4T release → JetPack, from NVIDIA's JetPack release archive
+#: (developer.nvidia.com/embedded/jetpack-archive): the BSP each JetPack ships.
+_JETPACK_FOR_L4T: dict[tuple[int, int, int], str] = {
+    (32, 6, 1): "4.6",
+    (32, 7, 1): "4.6.1",
+    (32, 7, 2): "4.6.2",
+    (32, 7, 3): "4.6.3",
+    (32, 7, 4): "4.6.4",
+    (32, 7, 5): "4.6.5",
+    (32, 7, 6): "4.6.6",
+    (35, 1, 0): "5.0.2",
+    (35, 2, 1): "5.1",
+    (35, 3, 1): "5.1.1",
+    (35, 4, 1): "5.1.2",
+    (35, 5, 0): "5.1.3",
+    (35, 6, 0): "5.1.4",
+    (35, 6, 1): "5.1.5",
+    (36, 2, 0): "6.0",
+    (36, 3, 0): "6.0",
+    (36, 4, 0): "6.1",
+    (36, 4, 3): "6.2",
+    (36, 4, 4): "6.2.1",
+}
+
+
+def jetpack_for_l4t(l4t: str | None) -> str | None:
+    """The JetPack version of an L4T release (``"36.4.3"`` → ``"6.2"``): the exact entry, else
+    the newest known release of the same major at or below it; ``None`` when unknown."""
+    if not l4t:
+        return None
+    try:
+        key = tuple(int(x) for x in l4t.split(".")[:3])
+    except ValueError:
+        return None
+    if len(key) != 3:
+        return None
+    below = [k for k in _JETPACK_FOR_L4T if k[0] == key[0] and k <= key]
+    return _JETPACK_FOR_L4T[max(below)] if below else None
+
+
 def parse_memtotal_mib(text: str) -> int | None:
     """``MemTotal:  7802880 kB`` → MiB (rounded down); ``None`` if absent or zero."""
     m = _MEMTOTAL.search(text)

@@ -152,12 +152,17 @@ install_config() {
   else
     write_file "$CONF_DIR/agent.yaml" 0640 <"$REPO/systemd/agent.example.yaml"
   fi
-  # The demo model the example config serves, unless a model is already there.
+  # The demo model the example config serves and its calibration frames, each unless already
+  # there (cp -R into an existing directory would nest a second copy inside it).
   if [ ! -e "$STATE_DIR/models/shapes-det" ]; then
-    run mkdir -p "$STATE_DIR/models" "$STATE_DIR/calib"
+    run mkdir -p "$STATE_DIR/models"
     run cp -R "$REPO/agent/data/models/shapes-det" "$STATE_DIR/models/shapes-det"
-    run cp -R "$REPO/calib/shapes-det" "$STATE_DIR/calib/shapes-det"
     say "copied the demo model to $STATE_DIR/models/shapes-det"
+  fi
+  if [ ! -e "$STATE_DIR/calib/shapes-det" ]; then
+    run mkdir -p "$STATE_DIR/calib"
+    run cp -R "$REPO/calib/shapes-det" "$STATE_DIR/calib/shapes-det"
+    say "copied the demo calibration frames to $STATE_DIR/calib/shapes-det"
   fi
   run mkdir -p "$CACHE_DIR"
   if [ -z "$ROOT" ] && getent passwd edge-agent >/dev/null; then

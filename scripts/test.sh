@@ -11,12 +11,18 @@ ruff check .
 ruff format --check .
 echo "== pyright (tensorrt-stubs for agent/backends/tensorrt.py)"
 pyright
-echo "== mosquitto (the MQTT tests run real brokers on loopback)"
+echo "== mosquitto and systemd-analyze (real brokers on loopback; the unit's verify/security)"
+MISSING=""
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+  MISSING="mosquitto"
+fi
+command -v systemd-analyze >/dev/null || MISSING="$MISSING systemd"
+if [ -n "$MISSING" ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto \
-    || echo "mosquitto could not be installed; the MQTT tests will be skipped"
+  # shellcheck disable=SC2086 # MISSING is a list of package names
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING \
+    || echo "could not install$MISSING; the MQTT / systemd unit tests will be skipped"
 fi
 echo "== pytest"
 set +e

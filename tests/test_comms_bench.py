@@ -32,3 +32,4 @@ def test_bench_script_short_run(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["messages"] == 1000 and result["missing"] == 0
     assert result["received_unique"] == 1000 and result["agent_cpu_s"] > 0
+    assert result["drain_tail_s"] <= 1.04 and result["delivered_rate"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 import uuid
@@ -308,3 +309,58 @@ def test_still_answers_after_fuzzing(env: tuple[CommsService, FakeControl, Comma
     assert svc.dispatcher is not None and svc.dispatcher._thread is not None
     assert svc.dispatcher._thread.is_alive()
     assert svc.dispatcher.worker_errors == 0
+
+
+def test_failed_and_bad_args_commands_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Every refused or failed request leaves a log line naming the command and request id,
+    not only an error response."""
+    disp = CommandDispatcher(
+        FakeControl(), device=DEV, publish=lambda b: None, state_dir=None, max_payload_bytes=4096
+    )
+
+    def request(rid: str, args: dict[str, Any]) -> bytes:
+        return json.dumps({"id": rid, "expires": time.time() + 30, "args": args}).encode()
+
+    with caplog.at_level(logging.WARNING, logger="agent.comms.commands"):
+        failed = json.loads(disp.handle("set-profile", request("r-fail", {"name": "missing"})))
+        bad = json.loads(disp.handle("set-profile", request("r-args", {"name": 7})))
+    assert failed["error"]["code"] == "failed" and bad["error"]["code"] == "bad_args"
+    logged = {
+        (r.getMessage().split(":")[0], getattr(r, "fields", {}).get("id")) for r in caplog.records
+    }
+    assert ("command failed", "r-fail") in logged, caplog.records
+    assert ("command refused", "r-args") in logged, caplog.records
+
+
+def test_rollback_model_still_running_is_answered_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rollback-model through the daemon's DaemonControl: a rollback that takes longer than
+    ROLLBACK_WAIT_S is answered ``queued`` (concurrent.futures.TimeoutError, which is not the
+    builtin TimeoutError on Python 3.10), not reported as a failure."""
+    import concurrent.futures
+    from types import SimpleNamespace
+
+    from agent import fleet
+    from agent.config import AgentConfig
+
+    cfg = AgentConfig.model_validate(
+        {"device_id": DEV, "fleet": FLEET, "models": [{"name": "det", "bundle": "b"}]}
+    )
+    pending: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+    asked: list[str] = []
+
+    class Updater:
+        def rollback(self, model: str) -> concurrent.futures.Future[dict[str, Any]]:
+            asked.append(model)
+            return pending
+
+    monkeypatch.setattr(fleet, "ROLLBACK_WAIT_S", 0.05)
+    daemon: Any = SimpleNamespace(cfg=cfg)
+    control = fleet.DaemonControl(daemon, Updater)  # type: ignore[arg-type]
+    disp = CommandDispatcher(
+        control, device=DEV, publish=lambda b: None, state_dir=None, max_payload_bytes=4096
+    )
+    req = json.dumps({"id": "rb-1", "expires": time.time() + 30, "args": {}}).encode()
+    out = json.loads(disp.handle("rollback-model", req))
+    assert out["ok"], out
+    assert out["result"]["state"] == "queued" and out["result"]["model"] == "det"
+    assert asked == ["det"]

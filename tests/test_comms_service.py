@@ -178,3 +178,61 @@ def test_reconnect_backs_off_exponentially(tmp_path: Path) -> None:
     assert 4 <= len(attempts) <= 10, gaps  # constant 0.2 s retries would make ~25
     assert gaps[1] > gaps[0] * 1.5 and gaps[2] > gaps[1] * 1.5, gaps
     assert max(gaps) < 1.6, gaps
+
+
+def test_broker_port_out_of_range_is_a_config_error() -> None:
+    """A port outside 1..65535 is refused with the field named, not retried forever."""
+    from pydantic import ValidationError
+
+    from agent.comms.mqtt import parse_url
+
+    for url in ("mqtt://127.0.0.1:70000", "mqtts://broker:0"):
+        with pytest.raises(ValidationError, match=r"url[\s\S]*not in 1\.\.65535"):
+            MqttConfig(url=url)
+        with pytest.raises(CommsError, match=r"not in 1\.\.65535") as err:
+            parse_url(url)
+        assert err.value.fix
+    assert parse_url("mqtt://127.0.0.1:65535") == ("127.0.0.1", 65535, False)
+
+
+@pytest.mark.timeout(30)
+def test_publish_once_waits_at_most_publish_timeout_s() -> None:
+    """A broker that accepts TCP and never answers: publish_once gives up after
+    mqtt.publish_timeout_s (its default timeout) and names the setting."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        cfg = MqttConfig(
+            url=f"mqtt://127.0.0.1:{listener.getsockname()[1]}",
+            protocol="3.1.1",
+            publish_timeout_s=0.6,
+        )
+        t0 = time.monotonic()
+        with pytest.raises(CommsError, match=r"no CONNACK .* within 0\.6 s") as err:
+            publish_once(cfg, "edge/f/d/ota", b"x", qos=1)
+        assert time.monotonic() - t0 < 3.0
+        assert "mqtt.publish_timeout_s" in (err.value.fix or "")
+    finally:
+        listener.close()
+
+
+@pytest.mark.timeout(30)
+def test_unreadable_boot_counter_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    (tmp_path / "comms").mkdir()
+    (tmp_path / "comms" / "boot.json").write_text('{"boot": "x"')
+    cfg = MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}")
+    for expected in (1, 2):
+        svc = CommsService(cfg, fleet="f", device_id="d", state_dir=tmp_path)
+        with caplog.at_level(logging.WARNING, logger="agent.comms.telemetry"):
+            svc.start()
+        svc.close(timeout_s=1)
+        assert svc.boot == expected
+    warned = [r for r in caplog.records if "boot counter" in r.getMessage()]
+    assert len(warned) == 1, caplog.records  # only the unreadable file, not the good one

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from agent.comms.spool import Spool
 
@@ -99,3 +102,21 @@ def test_size_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
     assert [r.id for r in recs] == list(range(recs[0].id, 401))  # contiguous, in order
     assert spool.dropped + spool.pending == 400
     spool.close()
+
+
+def test_unreadable_meta_is_logged_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    _fill(spool, 10)
+    for rid in range(1, 6):
+        spool.ack(rid)
+    spool.close()
+    (tmp_path / "meta.json").write_text("{torn")
+    with caplog.at_level(logging.WARNING, logger="agent.comms.spool"):
+        again = Spool(tmp_path, max_bytes=1 << 20)
+    assert any("meta.json" in r.getMessage() for r in caplog.records), caplog.records
+    # nothing is lost: the stored records are resent (duplicates, deduped on seq)
+    assert [r.id for r in again.read(0, 100)] == list(range(1, 11))
+    assert again.append("t", lambda s: b"x") == 11
+    again.close()

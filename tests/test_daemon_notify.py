@@ -214,6 +214,8 @@ def test_ready_watchdog_stuck_reload_and_stop(tmp_path: Path, cache: Path) -> No
         # SIGHUP with a valid, changed config: a second source and the debug level
         two = http + "\n  - {name: synth, type: synthetic, model: shapes-det, fps_cap: 10}"
         _config(config, two, level="debug")
+        # ... and a section read only at start (Prometheus stays off): reported, not applied
+        config.write_text(config.read_text() + "metrics:\n  enabled: false\n  port: 9309\n")
         t_hup2 = time.monotonic()
         agent.proc.send_signal(signal.SIGHUP)
         listener.wait_for("RELOADING", t_hup2, timeout=10)
@@ -222,6 +224,8 @@ def test_ready_watchdog_stuck_reload_and_stop(tmp_path: Path, cache: Path) -> No
             lambda r: r.get("event") == "reload" and r.get("ok") is True, 10
         )
         assert applied["restarted"] == ["shapes-det"] and applied["level"] == "debug"
+        restart = agent.wait_record(lambda r: "restart_needed" in r, 5)
+        assert restart["restart_needed"] == ["metrics"] and restart["level"] == "warning"
         agent.wait_record(
             lambda r: (
                 r.get("event") == "stats"

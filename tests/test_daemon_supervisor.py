@@ -85,6 +85,33 @@ def test_supervisor_restarts_within_budget_then_gives_up(
     assert "daemon.restart_budget" in str(info.value)  # the message says what to change
 
 
+def test_a_restart_that_raises_is_logged_and_counted_against_the_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A component whose start() raises on restart (e.g. the camera device vanished) does not
+    take the main loop down: it is logged, stays failed, and is retried within the budget."""
+    now = [0.0]
+    sup = Supervisor(2, 60.0, clock=lambda: now[0])
+    comp = CrashingWorker("flaky")
+    attempts: list[float] = []
+
+    def broken_start() -> None:
+        attempts.append(now[0])
+        raise OSError(19, "No such device", "/dev/video0")
+
+    comp.start = broken_start  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="agent.daemon"):
+        assert not sup.check(comp, Health(failure="worker thread died"))
+        now[0] += 1.0
+        # its health no longer reports the old failure; the failed restart still counts
+        assert not sup.check(comp, Health())
+        now[0] += 1.0
+        with pytest.raises(RestartBudgetSpent, match=r"restart failed: OSError"):
+            sup.check(comp, Health())
+    assert attempts == [0.0, 1.0] and sup.restarts == {"flaky": 2}
+    assert sum("restarting flaky failed" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_budget_window_slides() -> None:
     now = [0.0]
     sup = Supervisor(2, 10.0, clock=lambda: now[0])

@@ -124,6 +124,21 @@ def test_validate_candidates_and_latency() -> None:
         validate_candidates(cfg, ref, {"int8": good}, [])
 
 
+def test_non_finite_outputs_fail_the_gate() -> None:
+    # NaN at the top class: argmax (the first NaN) still agrees with the reference, so only
+    # the non-finite check can fail this candidate.
+    cfg = _config("classify")
+    feeds = [{"images": np.eye(1, 3, k % 3, dtype=np.float32)} for k in range(6)]
+    ref = FakeRunner(lambda x: x)
+    nan_first = FakeRunner(lambda x: np.where(x == x.max(), np.nan, x).astype(np.float32))
+    results = validate_candidates(
+        cfg, ref, {"int8": nan_first}, feeds, warmup=1, iterations=5, max_seconds=0.2
+    )
+    res = results["int8"]
+    assert res.details["non_finite_frames"] == 6
+    assert not res.passed
+
+
 def test_measure_latency_is_bounded_by_time() -> None:
     slow = FakeRunner(lambda x: x, delay_s=0.02)
     started = time.perf_counter()

@@ -87,6 +87,20 @@ def test_an_edited_config_is_never_overwritten(root: Path) -> None:
     assert "device_id: cam-17" in config.read_text()
 
 
+def test_reinstall_after_the_model_was_removed_keeps_calib_flat(root: Path) -> None:
+    """Calibration frames collected on the device stay; nothing is copied inside them."""
+    import shutil
+
+    _install("--root", str(root), "--no-venv")
+    calib = root / "var/lib/edge-agent/calib/shapes-det"
+    (calib / "collected-0001.jpg").write_bytes(b"frame")
+    shutil.rmtree(root / "var/lib/edge-agent/models/shapes-det")
+    _install("--root", str(root), "--no-venv")
+    assert (root / "var/lib/edge-agent/models/shapes-det/model.yaml").is_file()
+    assert (calib / "collected-0001.jpg").read_bytes() == b"frame"
+    assert not (calib / "shapes-det").exists(), "a second copy was nested inside calib/"
+
+
 def test_groups_that_do_not_exist_are_left_out(tmp_path: Path) -> None:
     root = tmp_path / "bare"
     (root / "etc").mkdir(parents=True)

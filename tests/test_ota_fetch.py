@@ -7,6 +7,7 @@ import base64
 import json
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,48 @@ def test_oversize_download_stops_at_manifest_size(tmp_path: Path) -> None:
         server.server_close()
     # the client hung up long before the server's 64 MiB (kernel buffers hold a few MiB)
     assert _Endless.sent < 32 * 1024 * 1024
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Sends one byte every 50 ms: each read is well inside the socket timeout."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            for _ in range(1000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:
+            return
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+
+def test_trickling_download_stops_at_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.ota import fetch
+
+    monkeypatch.setattr(fetch, "MIN_RATE_BYTES_S", 1000)  # deadline: 1 s + 1000 B / 1000 B/s
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/blob"
+        entry = FileEntry(path="blob", sha256="0" * 64, size=1000)
+        with pytest.raises(OtaError) as info:
+            download_file(url, entry, tmp_path / "stage" / "blob", timeout_s=1.0)
+        assert info.value.reason == "fetch_failed"
+        assert "too slow" in str(info.value)
+        assert not (tmp_path / "stage" / "blob").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 10  # not the 50 s the server would take
 
 
 def test_short_download_is_size_mismatch(tmp_path: Path) -> None:

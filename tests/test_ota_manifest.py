@@ -155,6 +155,18 @@ def test_signed_but_invalid_manifest_is_malformed(tmp_path: Path) -> None:
     assert info.value.reason == "malformed"
 
 
+@pytest.mark.parametrize("extra", ["model.onnx/weights.bin", "model.yaml/a/b"])
+def test_a_file_that_is_also_a_directory_is_malformed(tmp_path: Path, extra: str) -> None:
+    key = new_key()
+    trust = TrustStore.load(write_trust(tmp_path / "trust", key))
+    bundle = copy_bundle(tmp_path / "b")
+    raw = manifest_for(bundle, 1, file_payload(bundle)).to_json()
+    raw["files"].append({"path": extra, "sha256": "0" * 64, "size": 1})
+    with pytest.raises(OtaRejected, match="also a directory") as info:
+        trust.verify(envelope_bytes(raw, key))
+    assert info.value.reason == "malformed"
+
+
 @pytest.mark.parametrize(
     "bad", ["../model.onnx", "/etc/passwd", "a/../../b", "./x", "a//b", "C:x", "a\\b", ".ota-x"]
 )

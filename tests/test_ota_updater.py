@@ -491,10 +491,12 @@ def test_golden_outputs_are_checked(env: Env) -> None:
     y = np.asarray(session.run(["logits"], {"images": x})[0], dtype=np.float32)
     env.rec.golden = golden_checker()
     up = env.updater()
-    for version, offset, expected_state in ((1, 0.0, "active"), (2, 0.5, "failed")):
+    cases_run = ((1, 0.0, "active"), (2, 0.0, "failed"), (3, 0.5, "failed"))
+    final: dict[str, Any] = {}
+    for version, offset, expected_state in cases_run:
         gdir = env.tmp / f"golden{version}"
         gdir.mkdir()
-        np.save(gdir / "a.input.npy", x)
+        np.save(gdir / "a.input.npy", x[:, :, :32] if version == 2 else x)  # 2: wrong shape
         np.save(gdir / "a.expected.npy", y + offset)
         extra, cases = golden_files(gdir)
         files = {**bundle_files(env.bundle), **extra}
@@ -515,6 +517,9 @@ def test_golden_outputs_are_checked(env: Env) -> None:
         assert up.run_once(5)
         final = env.rec.states[-1]
         assert final["state"] == expected_state, final
+        if version == 2:  # a golden input the model cannot take: named, not internal_error
+            assert final["reason"] == "golden_mismatch", final
+            assert "a.input.npy: cannot run it" in final["detail"], final
     assert final["reason"] == "golden_mismatch" and "exceeds atol" in final["detail"]
     assert up.committed()[MODEL].version == 1
 
@@ -552,3 +557,30 @@ def test_killed_between_commit_and_journal_write_finishes_active(env: Env) -> No
     assert report.interrupted_at is None and not report.resumed
     assert report.record is not None and report.record["state"] == "active"
     assert report.committed[MODEL].version == 1
+
+
+def test_orphan_chunks_stay_within_the_buffer_bound(env: Env) -> None:
+    """Chunks whose manifest never comes are buffered within ota.max_bundle_mib (+1 MiB) in
+    all, also when they all name the same (unknown) push."""
+    up = env.updater(max_bundle_mib=1)
+    block = "A" * (512 * 1024)
+    for i in range(12):  # 6 MiB of chunks for one manifest that never arrives
+        chunk = {"kind": "chunk", "manifest_sha256": "f" * 64, "file": "model.onnx"}
+        up.submit(json.dumps({**chunk, "index": i, "count": 12, "data": block}).encode())
+        assert up.run_once(1)
+    assert up._pending_bytes <= up._max_message  # pyright: ignore[reportPrivateUsage]
+    buffered = sum(len(c) for c in up._pending_chunks.values())  # pyright: ignore[reportPrivateUsage]
+    assert 0 < buffered < 12
+
+
+def test_altered_committed_version_is_not_served_and_says_why(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = env.updater()
+    env.push(up, 1)
+    installed = up.serving_bundle(MODEL)
+    assert installed is not None and installed == env.tmp / "state/ota/models/shapes-cls/1"
+    (installed / "model.yaml").write_text((installed / "model.yaml").read_text() + "\n# x\n")
+    with caplog.at_level("ERROR", logger="agent.ota.updater"):
+        assert up.serving_bundle(MODEL) == env.initial
+    assert any("no longer matches its signed manifest" in r.getMessage() for r in caplog.records)

@@ -214,6 +214,38 @@ def test_make_preprocessor_without_cuda_is_cpu(monkeypatch: pytest.MonkeyPatch) 
         assert isinstance(pre, pp.CpuPreprocessor) and not pre.pinned
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        cuda.CudaError("cudaMalloc", "cudaErrorMemoryAllocation", 2),
+        cuda.KernelCompileError("preprocess", "sm_87", "error: unknown architecture"),
+    ],
+)
+def test_gpu_errors_are_agent_errors_and_fall_back_to_cpu(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    from agent.errors import EdgeAgentError
+
+    assert isinstance(error, EdgeAgentError) and isinstance(error, RuntimeError)
+    assert "(fix: " in str(error)
+
+    class Pinned:  # a page-locked buffer stand-in: CUDA "works" but the kernel setup fails
+        def __init__(self, shape: tuple[int, ...], dtype: object) -> None:
+            self.array = np.zeros(shape, dtype=np.float32)
+
+        def close(self) -> None:
+            self.array = np.zeros(0, dtype=np.float32)
+
+    def broken_gpu(*args: object, **kwargs: object) -> object:
+        raise error
+
+    monkeypatch.setattr(cuda, "available", lambda: (True, ""))
+    monkeypatch.setattr(cuda, "PinnedBuffer", Pinned)
+    monkeypatch.setattr(pp, "GpuPreprocessor", broken_gpu)
+    with pp.make_preprocessor(_spec(), (64, 64), 1, prefer_gpu=True) as pre:
+        assert isinstance(pre, pp.CpuPreprocessor)
+
+
 def test_tolerance_scales_with_std() -> None:
     plain = pp.tolerance(_spec())
     assert plain[0] == pytest.approx(1 / 255, rel=1e-4)

@@ -181,3 +181,30 @@ def test_nan_outputs_are_counted(
     finally:
         pipe.stop(timeout=5)
     assert pipe.stats()["latency_ms"]["infer"]["p50"] is not None
+
+
+def test_resize_during_warm_up_reaches_the_new_pool(
+    engines: tuple[BuildOutcome, BuildOutcome],
+) -> None:
+    """The governor shrinks the pool while the new engine warms up: the new pool serves at the
+    size asked for, not at the size the swap started with."""
+    int8, fp32 = engines
+    sink = ListSink()
+    src = SourceConfig(name="video", type="file", uri=str(VIDEO), model="shapes-det")
+    pipe = make_pipeline(int8, src, sink).start()
+    bundle = load_bundle(BUNDLE)
+    make_pool = pipe._make_pool  # pyright: ignore[reportPrivateUsage]
+
+    def make_pool_then_resize(*args: object, **kwargs: object) -> object:
+        pool = make_pool(*args, **kwargs)  # type: ignore[arg-type]
+        pipe.resize(1)  # the governor's decision lands on the pool serving now
+        return pool
+
+    pipe._make_pool = make_pool_then_resize  # type: ignore[method-assign,assignment]
+    try:
+        pipe.swap(artifact=fp32.artifact, bundle=bundle.config, labels=bundle.labels)
+        assert pipe.pool.size == 1
+        assert pipe.wait(timeout=60)
+    finally:
+        pipe.stop(timeout=5)
+    assert [r.index for r in sink.results] == list(range(150))

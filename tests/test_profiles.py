@@ -387,3 +387,22 @@ def test_detect_needs_a_cpu_profile_to_fall_back_to(tmp_path: Path) -> None:
     shutil.copy(PROFILES_DIR / "xavier-nx.yaml", tmp_path / "xavier-nx.yaml")
     with pytest.raises(DetectionError, match="'cpu' profile"):
         detect(BOARDS / "x86-host", ProfileStore(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("l4t", "jetpack"),
+    [
+        ("36.4.3", "6.2"),  # the Orin fixtures' nv_tegra_release
+        ("36.4.4", "6.2.1"),
+        ("36.4.7", "6.2.1"),  # a later revision: the newest known at or below it
+        ("35.4.1", "5.1.2"),  # the Xavier NX fixture
+        ("32.7.1", "4.6.1"),
+        ("37.0.0", None),  # a major we do not know
+        ("bogus", None),
+        (None, None),
+    ],
+)
+def test_jetpack_for_l4t(l4t: str | None, jetpack: str | None) -> None:
+    from agent.profiles import jetpack_for_l4t
+
+    assert jetpack_for_l4t(l4t) == jetpack

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.closing import Closeable
-from agent.errors import BackendUnavailable
+from agent.errors import BackendUnavailable, EdgeAgentError
 
 INSTALL_FIX = (
     "install cuda-python matching the CUDA of this JetPack (pip install 'cuda-python>=12.2', "
@@ -48,14 +48,19 @@ _UNAVAILABLE = {
 _cudart: ModuleType | None = None
 
 
-class CudaError(RuntimeError):
+class CudaError(EdgeAgentError, RuntimeError):
     """A CUDA runtime call failed; ``name`` is the CUDA error name, e.g. cudaErrorInvalidValue."""
 
     def __init__(self, call: str, name: str, code: int):
         self.call = call
         self.name = name
         self.code = code
-        super().__init__(f"{call} failed: {name} ({code})")
+        super().__init__(
+            f"{call} failed: {name} ({code})",
+            fix="check the GPU with nvidia-smi (or tegrastats on a Jetson): out of memory, "
+            "a driver older than cuda-python needs, or a failed earlier kernel; restart the "
+            "agent once it is fixed",
+        )
 
 
 def load_cudart() -> ModuleType:
@@ -355,14 +360,18 @@ _DRIVER_UNAVAILABLE = {
 }
 
 
-class KernelCompileError(RuntimeError):
+class KernelCompileError(EdgeAgentError, RuntimeError):
     """NVRTC rejected a kernel's source or options; ``log`` is the compiler's log."""
 
     def __init__(self, name: str, arch: str, log: str):
         self.kernel = name
         self.arch = arch
         self.log = log
-        super().__init__(f"NVRTC could not compile kernel '{name}' for {arch}:\n{log.strip()}")
+        super().__init__(
+            f"NVRTC could not compile kernel '{name}' for {arch}:\n{log.strip()}",
+            fix="install an NVRTC that knows this GPU's architecture (the CUDA toolkit of "
+            "this JetPack), or run with the CPU preprocessing path",
+        )
 
 
 def _import_first(names: tuple[str, ...], what: str) -> ModuleType:

@@ -419,6 +419,10 @@ class CommandDispatcher:
                 f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
                 for e in err.errors()[:3]
             )
+            log.warning(
+                "command refused: bad args",
+                extra=log_fields(id=request.id, command=name, error=msg),
+            )
             return self._error(request.id, name, "bad_args", msg)
         started = time.monotonic()
         try:
@@ -432,10 +436,14 @@ class CommandDispatcher:
                 result=result,
                 ts=self.clock(),
             )
-        except CommandFailed as err:
-            out = self._error(request.id, name, err.code, str(err))
         except EdgeAgentError as err:
-            out = self._error(request.id, name, "failed", str(err))
+            code = err.code if isinstance(err, CommandFailed) else "failed"
+            log.warning(
+                "command failed: %s",
+                err,
+                extra=log_fields(id=request.id, command=name, code=code),
+            )
+            out = self._error(request.id, name, code, str(err))
         except Exception as err:
             log.exception("command failed", extra=log_fields(id=request.id, command=name))
             out = self._error(request.id, name, "failed", f"{type(err).__name__}: {err}")

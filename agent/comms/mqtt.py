@@ -64,6 +64,11 @@ def parse_url(url: str) -> tuple[str, int, bool]:
         )
     tls = match.group(1) == "mqtts"
     port = int(match.group(3) or (8883 if tls else 1883))
+    if not 1 <= port <= 65535:
+        raise CommsError(
+            f"broker url {redact_url(url)!r}: port {port} is not in 1..65535",
+            fix="set mqtt.url to e.g. mqtt://127.0.0.1:1883",
+        )
     return match.group(2), port, tls
 
 
@@ -409,13 +414,16 @@ def publish_once(
     qos: int = 1,
     retain: bool = False,
     client_id: str | None = None,
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
 ) -> None:
     """Connect, publish one message, wait for the broker's acknowledgement, disconnect.
 
     Raises :class:`CommsError` (with a fix) when the broker cannot be reached, refuses the
-    connection or the message (MQTT 5 PUBACK reason code), or does not answer in ``timeout_s``.
+    connection or the message (MQTT 5 PUBACK reason code), or does not answer in ``timeout_s``
+    (default: ``mqtt.publish_timeout_s``).
     """
+    if timeout_s is None:
+        timeout_s = cfg.publish_timeout_s
     if qos not in (0, 1, 2):
         raise CommsError(f"qos {qos} is not 0, 1 or 2", fix="use qos 0, 1 or 2")
     host, port, _ = parse_url(cfg.url)
@@ -481,7 +489,7 @@ def publish_once(
             if not got_connack.wait(max(0.0, deadline - time.monotonic())):
                 raise CommsError(
                     f"no CONNACK from {host}:{port} within {timeout_s:g} s",
-                    fix="check the broker and the network, or raise the timeout",
+                    fix="check the broker and the network, or raise mqtt.publish_timeout_s",
                 )
             rc = connack["rc"]
             if rc.is_failure:
@@ -498,7 +506,7 @@ def publish_once(
             if qos > 0 and not got_ack.wait(max(0.0, deadline - time.monotonic())):
                 raise CommsError(
                     f"the broker did not acknowledge the message on {topic} within {timeout_s:g} s",
-                    fix="check the broker, or raise the timeout",
+                    fix="check the broker, or raise mqtt.publish_timeout_s",
                 )
             ack = acked.get("rc")
             if ack is not None and ack.is_failure:

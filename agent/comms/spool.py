@@ -17,7 +17,6 @@ records are counted in ``dropped``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -118,10 +117,18 @@ class Spool:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta_path = self.dir / "meta.json"
         meta: dict[str, int] = {}
-        with contextlib.suppress(OSError, ValueError):
-            raw = json.loads(meta_path.read_text())
-            if isinstance(raw, dict):
+        if meta_path.exists():
+            try:
+                raw = json.loads(meta_path.read_text())
+                if not isinstance(raw, dict):
+                    raise ValueError("not a JSON object")
                 meta = {k: int(v) for k, v in raw.items() if isinstance(v, int)}
+            except (OSError, ValueError) as err:
+                # Every record on disk counts as unsent: duplicates (dedupe on seq), no loss.
+                log.warning(
+                    "spool meta %s unreadable (%s); resending every stored record",
+                    meta_path, err, extra=log_fields(path=str(meta_path), error=str(err)),
+                )  # fmt: skip
         self._acked_below = max(1, meta.get("acked_below", 1))
         next_id = max(self._acked_below, meta.get("next_id", 1))
         paths = sorted(self.dir.glob("seg-*.log"), key=lambda p: int(p.stem[4:] or 0))

@@ -26,7 +26,6 @@ The daemon decides whether to build the service at all (``mqtt.enabled``).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -212,8 +211,14 @@ class CommsService(Closeable):
     def _next_boot(self) -> int:
         path = self.dir / "boot.json"
         boot = 0
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            boot = int(json.loads(path.read_text())["boot"])
+        if path.exists():
+            try:
+                boot = int(json.loads(path.read_text())["boot"])
+            except (OSError, ValueError, TypeError, KeyError) as err:
+                log.warning(
+                    "boot counter %s unreadable (%s); counting again from 1",
+                    path, err, extra=log_fields(path=str(path), error=str(err)),
+                )  # fmt: skip
         boot += 1
         atomic_write_json(path, {"boot": boot})
         return boot

@@ -421,6 +421,12 @@ def validate_candidates(
         progress("validate", (index + 0.5) / (total + 1), f"{prec} on held-out frames")
         cand_out = run_outputs(runner, feeds)
         metrics[prec] = compare_outputs(config, ref_out, cand_out)
+        # A NaN/inf output fails the gate whatever the agreement metric makes of it.
+        metrics[prec].details["non_finite_frames"] = sum(
+            1
+            for out in cand_out
+            if any(v.dtype.kind == "f" and not np.isfinite(v).all() for v in out.values())
+        )
     progress("validate", total / (total + 1), "latency at batch 1")
     feed = latency_feed if latency_feed is not None else feeds[0]
     latency = measure_latency(
@@ -429,6 +435,7 @@ def validate_candidates(
     results: dict[str, PrecisionResult] = {}
     for prec, metric in metrics.items():
         passed = metric.value >= tolerance if metric.higher_is_better else metric.value <= tolerance
+        passed = passed and not metric.details.get("non_finite_frames")
         results[prec] = PrecisionResult(
             precision=prec,
             metric=metric.metric,

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import logging
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 #: ``progress(done_bytes, total_bytes, message)``
 DownloadProgress = Callable[[int, int, str], None]
 _CHUNK = 1 << 16
+#: the slowest average rate a download may keep: a server (or a man in the middle) trickling
+#: bytes just under the per-read timeout must not hold the single updater thread for ever
+MIN_RATE_BYTES_S = 64 * 1024
 _SCHEMES = ("http", "https", "file")
 
 
@@ -75,15 +79,19 @@ def _write_checked(
     progress: DownloadProgress,
     done_before: int,
     total: int,
+    deadline: float | None = None,
 ) -> int:
-    """Stream ``source`` (has .read(n)) to ``dest``: at most size+1 bytes read, hashed."""
+    """Stream ``source`` (has .read(n)) to ``dest``: at most size+1 bytes read, hashed, and
+    (with ``deadline``, a ``time.monotonic()`` value) finished by then."""
     digest = hashlib.sha256()
     received = 0
     limit = entry.size + 1
+    # read1 returns what has arrived (read(n) would wait for all n bytes, past the deadline)
+    read = getattr(source, "read1", None) or source.read
     dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("wb") as out:
         while received < limit:
-            block = source.read(min(_CHUNK, limit - received))
+            block = read(min(_CHUNK, limit - received))
             if not block:
                 break
             received += len(block)
@@ -92,6 +100,16 @@ def _write_checked(
             digest.update(block)
             out.write(block)
             progress(done_before + received, total, f"downloading {entry.path}")
+            if deadline is not None and time.monotonic() > deadline and received < entry.size:
+                out.close()
+                dest.unlink(missing_ok=True)
+                raise OtaError(
+                    f"download of {entry.path} too slow: {received} of {entry.size} bytes "
+                    f"by the deadline (at least {MIN_RATE_BYTES_S // 1024} KiB/s on average)",
+                    reason="fetch_failed",
+                    fix="serve the bundle from a host the device reaches at a usable rate, "
+                    "then push again",
+                )
         out.flush()
         os.fsync(out.fileno())
     if received > entry.size:
@@ -126,15 +144,22 @@ def download_file(
             fix="serve bundles over https (or http on a trusted network, or file://)",
         )
     total = entry.size if total is None else total
+    deadline = time.monotonic() + timeout_s + entry.size / MIN_RATE_BYTES_S
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > entry.size:
                 raise _size_mismatch(entry, f"the server announces {length} bytes")
             _write_checked(
-                response, entry, dest, progress=progress, done_before=done_before, total=total
+                response,
+                entry,
+                dest,
+                progress=progress,
+                done_before=done_before,
+                total=total,
+                deadline=deadline,
             )
-    except OtaRejected:
+    except (OtaRejected, OtaError):
         raise
     except (urllib.error.URLError, OSError, ValueError) as exc:
         dest.unlink(missing_ok=True)

@@ -102,9 +102,16 @@ def golden_checker(*, threads: int = 0) -> Callable[[BuildResult, Path], None]:
         backend = get_backend(artifact.backend)
         with backend.runner(artifact.dir, artifact.main_file, threads=threads) as runner:
             for case in golden.cases:
-                feed = np.load(bundle_dir / case.input, allow_pickle=False)
-                expected = np.load(bundle_dir / case.expected, allow_pickle=False)
-                outputs = runner.infer({golden.input_name: np.ascontiguousarray(feed)})
+                try:
+                    feed = np.load(bundle_dir / case.input, allow_pickle=False)
+                    expected = np.load(bundle_dir / case.expected, allow_pickle=False)
+                    outputs = runner.infer({golden.input_name: np.ascontiguousarray(feed)})
+                except Exception as exc:  # a bad .npy, a wrong shape/dtype/input name
+                    raise ValidationFailed(
+                        f"golden case {case.input}: cannot run it: {type(exc).__name__}: {exc}",
+                        fix="ship golden inputs as plain .npy arrays with the model input's "
+                        "name, shape and dtype (edge-agent push --golden DIR)",
+                    ) from exc
                 name = golden.output_name or next(iter(outputs))
                 if name not in outputs:
                     raise ValidationFailed(

@@ -191,6 +191,12 @@ def check_relative_path(path: str, what: str = "file path") -> str:
 # --------------------------------------------------------------------------- the model
 
 
+def _ancestors(path: str) -> list[str]:
+    """``"a/b/c"`` → ``["a", "a/b"]``."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 class FileEntry(Strict):
     path: str = Field(
         title="Path", description="Relative POSIX path inside the bundle (no '..', not absolute)."
@@ -323,6 +329,11 @@ class Manifest(Strict):
             if entry.path in seen:
                 raise ValueError(f"file {entry.path!r} is listed twice")
             seen.add(entry.path)
+        parents = {p.rsplit("/", 1)[0] for p in seen if "/" in p}
+        parents |= {d for p in parents for d in _ancestors(p)}
+        clash = sorted(seen & parents)
+        if clash:
+            raise ValueError(f"{clash[0]!r} is listed as a file and is also a directory of files")
         return files
 
     @model_validator(mode="after")

@@ -324,8 +324,17 @@ class Updater:
         """The bundle the daemon should serve for ``model`` at start: the committed OTA version
         when there is one (and its files still verify), else the configured bundle."""
         found = self.store.committed(model)
-        if found is not None and self.store.verify_installed(model, found.version):
-            return Path(found.bundle_dir)
+        if found is not None:
+            if self.store.verify_installed(model, found.version):
+                return Path(found.bundle_dir)
+            log.error(
+                "committed OTA version of %s (v%d) no longer matches its signed manifest "
+                "(missing or altered files); serving the configured bundle instead — push a "
+                "new version to restore it",
+                model,
+                found.version,
+                extra=log_fields(model=model, version=found.version, bundle=found.bundle_dir),
+            )
         return self.initial_bundles.get(model)
 
     def recover(self) -> RecoveryReport:
@@ -520,6 +529,13 @@ class Updater:
         while self._pending_bytes > self._max_message and len(self._pending_chunks) > 1:
             _old, dropped = self._pending_chunks.popitem(last=False)
             self._pending_bytes -= sum(len(str(c.get("data", ""))) for c in dropped)
+        if self._pending_bytes > self._max_message:  # one push alone is over the bound
+            self._pending_chunks[sha].pop()
+            self._pending_bytes -= size
+            log.warning(
+                "OTA chunk dropped: chunks waiting for their manifest exceed the buffer",
+                extra=log_fields(manifest_sha256=sha, buffered_bytes=self._pending_bytes),
+            )
 
     # ------------------------------------------------------------------ one update
 

@@ -174,6 +174,7 @@ class Pipeline:
         self._clock = clock
         self._on_status = on_status
         self._lock = threading.Lock()
+        self._resize_lock = threading.Lock()  # a resize goes to the pool that serves next
         self._stop = threading.Event()
         self._done = threading.Event()
         self._counters: dict[str, _SourceCounters] = {s.name: _SourceCounters() for s in sources}
@@ -500,12 +501,15 @@ class Pipeline:
             t_hold = self._clock()
             old = self.pool
             drained = old.wait_idle(drain_timeout_s)
-            with self._lock:
-                self._model = new_model
-                self.pool = new_pool
-                self._swaps += 1
-                for samples in self._latency.values():  # figures from now on: the new engine
-                    samples.clear()
+            with self._resize_lock:
+                if new_pool.size != old.size:  # the governor resized the old pool meanwhile
+                    new_pool.resize(old.size)
+                with self._lock:
+                    self._model = new_model
+                    self.pool = new_pool
+                    self._swaps += 1
+                    for samples in self._latency.values():  # figures from now on: new engine
+                        samples.clear()
         finally:
             self._pause.clear()
         gap_ms = (self._clock() - t_hold) * 1000.0
@@ -527,7 +531,8 @@ class Pipeline:
 
     def resize(self, workers: int) -> None:
         """Governor hook: change the number of workers (draining ones finish their batch)."""
-        self.pool.resize(max(1, workers))
+        with self._resize_lock:
+            self.pool.resize(max(1, workers))
 
     def fps_caps(self) -> list[float]:
         """The configured per-source fps caps (sources without one are not listed)."""

@@ -402,7 +402,7 @@ def make_preprocessor(
     if prefer_gpu and usable:
         try:
             return GpuPreprocessor(spec, size_hw, batch, stream)
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, cuda.CudaError, cuda.KernelCompileError) as exc:
             log.warning("GPU preprocessing unavailable, using the CPU path: %s", exc)
     elif prefer_gpu:
         log.info("GPU preprocessing not used: %s", why)
