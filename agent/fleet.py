@@ -40,9 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: longest a ``rollback-model`` command waits for the rollback before answering "queued"
-ROLLBACK_WAIT_S = 30.0
-#: ``calib-collect``: at most this many frames per request, one every this many seconds
-CALIB_MAX_FRAMES = 500
+ROLLBACK_WAIT_S = 5.0
+#: ``calib-collect``: at most this many frames per request, one every this many seconds (the
+#: command worker, which also carries OTA messages, is busy for at most ~20 s)
+CALIB_MAX_FRAMES = 100
 CALIB_SPACING_S = 0.2
 
 
@@ -318,6 +319,9 @@ class TelemetryComponent:
 
     def publish_now(self) -> None:
         body = metrics_body(self.daemon)
+        if self.service is not None:
+            st = self.service.status()
+            body["comms"] = {"spooled": st.spooled, "dropped": st.dropped, "sent": st.sent}
         if self.exporter is not None:
             self.exporter.update(body)
         if self.service is not None:

@@ -340,19 +340,37 @@ class Daemon:
         return self.proc.returncode
 
 
+def _parents() -> dict[int, int]:
+    """pid → parent pid of every process, from /proc/<pid>/stat."""
+    out: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(entry.name)] = int(fields[1])
+    return out
+
+
 def build_children(pid: int) -> list[int]:
     """Descendants of ``pid`` that lead their own session (the isolated build children)."""
-    import psutil
-
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+    parents = _parents()
+    descendants: list[int] = []
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        descendants.extend(kids)
+        frontier.extend(kids)
     found: list[int] = []
-    for child in children:
+    for child in descendants:
         try:
-            if os.getsid(child.pid) == child.pid:
-                found.append(child.pid)
+            if os.getsid(child) == child:
+                found.append(child)
         except (ProcessLookupError, PermissionError):
             continue
     return found

@@ -339,6 +339,8 @@ def test_cli_mqtt_url_on_the_default_config(tmp_path: Path, cache: Path, profile
     assert model["precision"] in ("int8", "fp32")
     assert model["engine_hash"] == _serving_engine_hash(agent), "engine_hash is not the file's"
     assert metrics["models"]["shapes-det"] == model
+    comms = metrics["comms"]  # store-and-forward counters reach the fleet
+    assert comms["dropped"] == 0 and comms["spooled"] >= 0 and comms["sent"] >= 1
 
     all_metrics = _docs(col, f"{base}/metrics")
     assert len(all_metrics) >= 3, f"metrics every {TELEMETRY_S} s: got {len(all_metrics)}"

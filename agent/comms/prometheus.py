@@ -48,7 +48,7 @@ class PrometheusExporter(Closeable):
             "edge_agent_source_state", "1 for the source's current state", ["source", "state"],
             registry=r,
         )  # fmt: skip
-        self.stage_ms = Gauge("edge_agent_stage_ms", "Mean stage time, ms", ["stage"], registry=r)
+        self.stage_ms = Gauge("edge_agent_stage_ms", "Median stage time, ms", ["stage"], registry=r)
         self.power_w = Gauge("edge_agent_power_watts", "Board input power, W", registry=r)
         self.temp_c = Gauge("edge_agent_temperature_celsius", "Thermal zone", ["zone"], registry=r)
         self.mem_used = Gauge("edge_agent_memory_used_mib", "Used memory, MiB", registry=r)

@@ -121,6 +121,12 @@ class ModelInfo(_Payload):
     engine_hash: str | None = Field(default=None, description="SHA-256 of the serving engine.")
 
 
+class CommsInfo(_Payload):
+    spooled: int = Field(ge=0, description="Messages in the spool, not yet acknowledged.")
+    dropped: int = Field(ge=0, description="Messages dropped because the spool was full.")
+    sent: int = Field(ge=0, description="Spooled messages acknowledged since start.")
+
+
 class GovernorInfo(_Payload):
     state: str = Field(description="Governor level (normal, throttled, critical...).")
     workers: int | None = Field(default=None, ge=0, description="Worker streams allowed.")
@@ -146,6 +152,7 @@ class MetricsBody(_Payload):
         default_factory=dict, description="Every served model, by name."
     )
     governor: GovernorInfo | None = Field(default=None, description="Governor state.")
+    comms: CommsInfo | None = Field(default=None, description="Store-and-forward counters.")
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
