@@ -46,7 +46,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from agent.config import AgentConfig, DaemonConfig, DeviceProfile, ModelRef, SourceConfig
 from agent.errors import ConfigError, EdgeAgentError
 from agent.logs import configure_logging, log_fields
+from agent.restarts import RestartBudget
 from agent.systemd import Notifier
 
 if TYPE_CHECKING:
@@ -157,27 +157,6 @@ class Component(Protocol):
     def health(self) -> Health: ...
 
     def snapshot(self) -> dict[str, Any]: ...
-
-
-class RestartBudget:
-    """At most ``count`` restarts in any ``window_s`` seconds."""
-
-    def __init__(self, count: int, window_s: float) -> None:
-        self.count = count
-        self.window_s = window_s
-        self._times: deque[float] = deque()
-
-    @property
-    def used(self) -> int:
-        return len(self._times)
-
-    def try_spend(self, now: float) -> bool:
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-        if len(self._times) >= self.count:
-            return False
-        self._times.append(now)
-        return True
 
 
 class Supervisor:
@@ -697,9 +676,6 @@ class Daemon:
         self._throttle[kind] = now
         self.emit(kind, data)
 
-    def cache_dir(self, cfg: AgentConfig) -> Path:
-        return self._cache_dir(cfg)
-
     def builds_allowed(self) -> bool:
         """The governor's build admission (True without a monitor)."""
         monitor = self.monitor
@@ -891,7 +867,8 @@ class Daemon:
         name = self.profile_override or self.options.profile or cfg.profile
         return resolve_profile(name, self.options.profiles_dir)
 
-    def _cache_dir(self, cfg: AgentConfig) -> Path:
+    def cache_dir(self, cfg: AgentConfig) -> Path:
+        """The engine cache: ``--cache-dir``, else the config's."""
         return self.options.cache_dir.expanduser() if self.options.cache_dir else cfg.cache_dir
 
     def _run(self) -> int:
@@ -985,7 +962,7 @@ class Daemon:
             try:
                 outcome = build_engine(
                     ref.bundle, profile, precision=ref.precision, calib_dir=ref.calib_dir,
-                    cache_dir=self._cache_dir(cfg), l4t_release=l4t, progress=progress,
+                    cache_dir=self.cache_dir(cfg), l4t_release=l4t, progress=progress,
                 )  # fmt: skip
             finally:
                 close = getattr(printer, "close", None)
@@ -1289,7 +1266,7 @@ class Daemon:
         old = _model_specs(self.cfg) if self.cfg is not None else {}
         new = _model_specs(cfg)
         profile_changed = self.profile is None or profile.name != self.profile.name
-        cache_changed = self.cfg is not None and self._cache_dir(cfg) != self._cache_dir(self.cfg)
+        cache_changed = self.cfg is not None and self.cache_dir(cfg) != self.cache_dir(self.cfg)
         changed = [n for n in new if profile_changed or cache_changed or old.get(n) != new[n]]
         removed = [n for n in old if n not in new]
         plan = _Reload(cfg, profile, l4t, changed, removed)

@@ -503,16 +503,15 @@ class OtaComponent:
 
 
 def _tensorrt_version(profile: DeviceProfile) -> str | None:
+    """The TensorRT the backend loads (JetPack's is a system package, not a pip dist)."""
     if profile.build.backend != "tensorrt":
         return None
-    from importlib import metadata
+    from agent.backends.base import get_backend
 
-    for dist in ("tensorrt", "tensorrt-libs", "tensorrt_lean"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    try:
+        return get_backend("tensorrt").version()
+    except EdgeAgentError:
+        return None
 
 
 def fleet_components(

@@ -10,7 +10,6 @@ results must equal the CPU path's, frame for frame.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cli_util import REPO
+from pipeline_util import ListSink
 
 from agent.backends import cuda
 from agent.backends.base import DeviceTensor, get_backend
@@ -105,19 +105,6 @@ class DeviceInputBackend:
         r = DeviceInputRunner(self.inner.runner(*args, **kwargs))
         self.runners.append(r)
         return r
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.results: list[Result] = []
-        self.lock = threading.Lock()
-
-    def write(self, result: Result) -> None:
-        with self.lock:
-            self.results.append(result)
-
-    def close(self) -> None:
-        return None
 
 
 @pytest.fixture(scope="module")

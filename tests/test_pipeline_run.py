@@ -8,18 +8,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from cli_util import REPO
+from pipeline_util import ListSink
 
 from agent.backends.base import get_backend
 from agent.config import SourceConfig
 from agent.engine.build import BuildOutcome, build_engine
 from agent.engine.bundle import load_bundle
-from agent.pipeline.frames import Result
 from agent.pipeline.pipeline import Pipeline, PipelineOptions
 from agent.pipeline.pool import result_error
 from agent.profiles import ProfileStore
@@ -27,20 +26,6 @@ from agent.profiles import ProfileStore
 BUNDLE = REPO / "agent" / "data" / "models" / "shapes-det"
 VIDEO = REPO / "agent" / "data" / "samples" / "shapes.mp4"
 CALIB = REPO / "calib" / "shapes-det"
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.results: list[Result] = []
-        self.lock = threading.Lock()
-        self.closed = False
-
-    def write(self, result: Result) -> None:
-        with self.lock:
-            self.results.append(result)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -14,13 +13,13 @@ import onnx
 import pytest
 from cli_util import REPO
 from onnx import TensorProto, helper
+from pipeline_util import ListSink
 
 from agent.backends.base import get_backend
 from agent.config import SourceConfig
 from agent.engine.build import BuildOutcome, build_engine
 from agent.engine.bundle import load_bundle
 from agent.errors import PipelineError
-from agent.pipeline.frames import Result
 from agent.pipeline.pipeline import Pipeline, PipelineOptions
 from agent.pipeline.pool import result_error
 from agent.profiles import ProfileStore
@@ -28,26 +27,6 @@ from agent.profiles import ProfileStore
 BUNDLE = REPO / "agent" / "data" / "models" / "shapes-det"
 VIDEO = REPO / "agent" / "data" / "samples" / "shapes.mp4"
 CALIB = REPO / "calib" / "shapes-det"
-
-
-class ListSink:
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.results: list[Result] = []
-        self.lock = threading.Lock()
-        self.delay_s = delay_s
-
-    def write(self, result: Result) -> None:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        with self.lock:
-            self.results.append(result)
-
-    def close(self) -> None:
-        return None
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.results)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ A request is a JSON object::
 :class:`CommandDispatcher` validates it, refuses expired, unknown, malformed and oversize
 requests with an error response, answers a repeated ``id`` with the stored response (never
 executes twice; the last ``history`` responses are kept in ``<state>/commands.json`` across
-restarts) and runs handlers on its own worker thread, never on paho's. The daemon provides
-the actions through the :class:`Control` protocol.
+restarts) and runs handlers on its own worker thread, never on the MQTT client's. The daemon
+provides the actions through the :class:`Control` protocol.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ class CommandDispatcher:
     """Validates, deduplicates and executes command requests on one worker thread.
 
     ``publish(payload_bytes)`` sends a response (must not block). ``submit`` is safe to call
-    from paho's thread: it only checks the size and enqueues. ``handle`` runs one request
+    from the MQTT client's thread: it only checks the size and enqueues. ``handle`` runs one request
     synchronously and returns the response bytes (used by the worker and by tests).
     """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,28 +62,39 @@ class SignedManifest:
         return {"manifest": self.raw, "signatures": [s.model_dump() for s in self.signatures]}
 
 
+def _load_key(
+    path: Path, load: Callable[[bytes], object], kind: type, *, what: str, reason: str, fix: str
+) -> Any:
+    """A PEM key from ``path`` via ``load``, refused unless it is a ``kind``."""
+    try:
+        key = load(path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise OtaError(
+            f"cannot read an Ed25519 {what} key: {exc}", reason=reason, fix=fix, path=path
+        ) from exc
+    if not isinstance(key, kind):
+        raise OtaError(
+            f"the key is a {type(key).__name__}, not Ed25519",
+            reason=reason,
+            fix="make one with `edge-agent keygen`",
+            path=path,
+        )
+    return key
+
+
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """An Ed25519 public key from a PEM file (SubjectPublicKeyInfo)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError, TypeError) as exc:
-        raise OtaError(
-            f"cannot read an Ed25519 public key: {exc}",
-            reason="trust_store",
-            fix="put PEM public keys written by `edge-agent keygen` (NAME.pub) there",
-            path=path,
-        ) from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise OtaError(
-            f"the key is a {type(key).__name__}, not Ed25519",
-            reason="trust_store",
-            fix="use keys made by `edge-agent keygen`",
-            path=path,
-        )
-    return key
+    return _load_key(
+        path,
+        serialization.load_pem_public_key,
+        Ed25519PublicKey,
+        what="public",
+        reason="trust_store",
+        fix="put PEM public keys written by `edge-agent keygen` (NAME.pub) there",
+    )
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -91,23 +102,14 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise OtaError(
-            f"cannot read an Ed25519 private key: {exc}",
-            reason="signing_key",
-            fix="pass the NAME.key file written by `edge-agent keygen` (unencrypted PEM)",
-            path=path,
-        ) from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise OtaError(
-            f"the key is a {type(key).__name__}, not Ed25519",
-            reason="signing_key",
-            fix="make one with `edge-agent keygen`",
-            path=path,
-        )
-    return key
+    return _load_key(
+        path,
+        lambda data: serialization.load_pem_private_key(data, password=None),
+        Ed25519PrivateKey,
+        what="private",
+        reason="signing_key",
+        fix="pass the NAME.key file written by `edge-agent keygen` (unencrypted PEM)",
+    )
 
 
 def generate_keypair(out_dir: Path, name: str) -> tuple[Path, Path, str]:

@@ -54,6 +54,7 @@ import numpy as np
 
 from agent.backends.base import Runner
 from agent.pipeline.frames import Frame, Result
+from agent.restarts import RestartBudget
 
 __all__ = [
     "InvalidTransition",
@@ -440,24 +441,6 @@ class _StageFailed(Exception):
         self.stage = stage
 
 
-# --------------------------------------------------------------------------- restart budget
-
-
-class _RestartBudget:
-    def __init__(self, count: int, window_s: float):
-        self.count = count
-        self.window_s = window_s
-        self._times: deque[float] = deque()
-
-    def try_spend(self, now: float) -> bool:
-        while self._times and now - self._times[0] > self.window_s:
-            self._times.popleft()
-        if len(self._times) >= self.count:
-            return False
-        self._times.append(now)
-        return True
-
-
 # --------------------------------------------------------------------------- pool
 
 
@@ -525,7 +508,7 @@ class WorkerPool:
         self._target = int(size)
         self._closing = False
         self._failed = False
-        self._budget = _RestartBudget(max(0, restarts), restart_window_s)
+        self._budget = RestartBudget(max(0, restarts), restart_window_s)
         self._budget_spent = False
         self._restarts = 0
         self._submitted = 0
