@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from agent.config.profiles import ProfileStore  # noqa: E402
 from agent.monitor.governor import Governor  # noqa: E402
 from agent.monitor.sample import MonitorSource, Sample  # noqa: E402
 from agent.monitor.sampler import Sampler  # noqa: E402
-from agent.profiles import ProfileStore  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "sysfs" / "orin-nano"
 

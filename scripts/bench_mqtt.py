@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.comms.telemetry import CommsService
-from agent.config import MqttConfig
+from agent.config.schema import MqttConfig
 
 FLEET, DEVICE = "bench", "bench-dev"
 

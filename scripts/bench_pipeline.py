@@ -33,13 +33,13 @@ for _path in (ROOT, ROOT / "scripts"):
         sys.path.insert(0, str(_path))
 
 from agent.backends.base import get_backend  # noqa: E402
-from agent.config import SourceConfig  # noqa: E402
+from agent.config.profiles import ProfileStore  # noqa: E402
+from agent.config.schema import SourceConfig  # noqa: E402
 from agent.engine.build import build_engine  # noqa: E402
 from agent.engine.bundle import load_bundle  # noqa: E402
-from agent.engine.preprocess import preprocess  # noqa: E402
 from agent.pipeline.frames import Result  # noqa: E402
 from agent.pipeline.pipeline import Pipeline, PipelineOptions  # noqa: E402
-from agent.profiles import ProfileStore  # noqa: E402
+from agent.vision.letterbox import preprocess  # noqa: E402
 
 BUNDLE = ROOT / "agent" / "data" / "models" / "shapes-det"
 VIDEO = ROOT / "agent" / "data" / "samples" / "shapes.mp4"

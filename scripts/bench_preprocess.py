@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.backends import cuda
-from agent.config import InputSpec
+from agent.config.schema import InputSpec
 from agent.pipeline import preprocess as pp
 
 

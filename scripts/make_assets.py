@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train and export the small test models, and write the sample video, held-out and calib sets.
 
-Everything is made from ``agent.synthetic`` (rendered shapes on noisy backgrounds) with fixed
+Everything is made from ``agent.vision.synthetic`` (rendered shapes on noisy backgrounds) with fixed
 seeds, so a rerun gives the same data; training runs on CPU with torch's deterministic
 algorithms and a fixed thread count.
 
@@ -49,7 +49,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.synthetic import LABELS, SceneAnimator, Shape, render_patch, render_scene  # noqa: E402
+from agent.vision.synthetic import LABELS, SceneAnimator, Shape, render_patch, render_scene  # noqa: E402
 
 # Seeds: one stream per purpose, so the sets never share images.
 SEED_DET_TRAIN = 1001
@@ -521,7 +521,7 @@ def export_onnx(
     onnx.checker.check_model(m, full_check=True)
     m = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
     m.producer_name = "edge-agent scripts/make_assets.py"
-    m.doc_string = f"trained on agent.synthetic shapes; labels: {', '.join(LABELS)}"
+    m.doc_string = f"trained on agent.vision.synthetic shapes; labels: {', '.join(LABELS)}"
     set_output_dims(m, static_output_dims or {})
     onnx.save(m, str(path))
     ops = sorted({n.op_type for n in m.graph.node})
@@ -916,7 +916,7 @@ def write_readme(root: Path, info: dict[str, Any]) -> None:
     )  # fmt: skip
     text = f"""# Test assets: shapes models, sample video, held-out and calibration sets
 
-Small **trained** models and data made from `agent/synthetic.py` (coloured circles, squares,
+Small **trained** models and data made from `agent/vision/synthetic.py` (coloured circles, squares,
 triangles and crosses on noisy gradient / blotch / stripe backgrounds with clutter lines), so
 the agent's pipeline, engine builds, INT8 calibration and tests run on real models without any
 download. Everything here is regenerated, deterministically (fixed seeds, CPU, deterministic
@@ -1062,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
     def ops_of(p: Path) -> list[str]:
         return sorted({n.op_type for n in onnx.load(str(p)).graph.node})
 
-    common = {"generator": "agent/synthetic.py", "script": "scripts/make_assets.py",
+    common = {"generator": "agent/vision/synthetic.py", "script": "scripts/make_assets.py",
               "quick": args.quick, "labels": list(LABELS), "opset": OPSET,
               "preprocess": {"color": "RGB", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0],
                              "std": [1.0, 1.0, 1.0], "layout": "NCHW"}}  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from agent.errors import BackendUnavailable
+from agent.core.errors import BackendUnavailable
 
 Precision = Literal["int8", "fp16", "fp32"]
 Shape = tuple[int, ...]

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.closing import Closeable
-from agent.errors import BackendUnavailable, EdgeAgentError
+from agent.core.closing import Closeable
+from agent.core.errors import BackendUnavailable, EdgeAgentError
 
 INSTALL_FIX = (
     "install cuda-python matching the CUDA of this JetPack (pip install 'cuda-python>=12.2', "

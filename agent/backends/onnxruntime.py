@@ -29,7 +29,7 @@ from agent.backends.base import (
     no_progress,
     summarize_layer_times,
 )
-from agent.errors import BuildFailed, ModelError
+from agent.core.errors import BuildFailed, ModelError
 
 __all__ = ["BACKEND", "OnnxRuntimeBackend", "OrtRunner"]
 

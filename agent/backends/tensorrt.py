@@ -47,8 +47,8 @@ from agent.backends.base import (
     no_progress,
     summarize_layer_times,
 )
-from agent.errors import ArtifactError, BackendUnavailable, BuildFailed
-from agent.fsutil import atomic_write_bytes
+from agent.core.errors import ArtifactError, BackendUnavailable, BuildFailed
+from agent.core.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     import tensorrt as trt_types

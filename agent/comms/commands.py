@@ -28,9 +28,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.errors import CommsError, EdgeAgentError
-from agent.fsutil import atomic_write_bytes
-from agent.logs import log_fields
+from agent.core.errors import CommsError, EdgeAgentError
+from agent.core.fsutil import atomic_write_bytes
+from agent.core.logs import log_fields
 
 from .topics import response_payload
 
@@ -42,7 +42,7 @@ _SECRET_KEYS = ("password", "secret", "token", "passphrase", "private_key")
 
 class Control(Protocol):
     """What the daemon lets remote commands do. Methods run on the command worker thread and
-    may raise :class:`agent.errors.EdgeAgentError` (its message becomes the error response)."""
+    may raise :class:`agent.core.errors.EdgeAgentError` (its message becomes the error response)."""
 
     def config_json(self) -> dict[str, Any]:
         """The effective configuration as JSON-able data (secrets are redacted again here)."""

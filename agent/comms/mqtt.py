@@ -31,10 +31,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.closing import Closeable
-from agent.config import MqttConfig
-from agent.errors import CommsError
-from agent.logs import log_fields
+from agent.config.schema import MqttConfig
+from agent.core.closing import Closeable
+from agent.core.errors import CommsError
+from agent.core.logs import log_fields
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from agent.closing import Closeable
-from agent.config import PrometheusConfig
-from agent.errors import CommsError
-from agent.logs import log_fields
+from agent.config.schema import PrometheusConfig
+from agent.core.closing import Closeable
+from agent.core.errors import CommsError
+from agent.core.logs import log_fields
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.fsutil import atomic_write_json, fsync_dir
-from agent.logs import log_fields
+from agent.core.fsutil import atomic_write_json, fsync_dir
+from agent.core.logs import log_fields
 
 log = logging.getLogger(__name__)
 

@@ -37,11 +37,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.closing import Closeable
-from agent.config import MqttConfig
-from agent.errors import CommsError
-from agent.fsutil import atomic_write_json
-from agent.logs import log_fields
+from agent.config.schema import MqttConfig
+from agent.core.closing import Closeable
+from agent.core.errors import CommsError
+from agent.core.fsutil import atomic_write_json
+from agent.core.logs import log_fields
 
 from .commands import CommandDispatcher, Control
 from .mqtt import MqttClient, Will, diagnose_connection, parse_url

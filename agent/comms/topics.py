@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import CommsError
+from agent.core.errors import CommsError
 
 SCHEMA_STATE = "edge-agent/state/1"
 SCHEMA_METRICS = "edge-agent/metrics/1"

@@ -38,7 +38,8 @@ from agent.backends.base import (
     get_backend,
     no_progress,
 )
-from agent.config import DeviceProfile
+from agent.config.schema import DeviceProfile
+from agent.core.errors import BackendUnavailable, BuildFailed, CalibrationError, ValidationFailed
 from agent.engine.bundle import ModelBundle, load_bundle
 from agent.engine.cache import Artifact, CacheKey, EngineCache
 from agent.engine.isolate import build_isolated, run_isolated
@@ -48,7 +49,6 @@ from agent.engine.validate import (
     choose_precision,
     validate_candidates,
 )
-from agent.errors import BackendUnavailable, BuildFailed, CalibrationError, ValidationFailed
 
 __all__ = [
     "BuildOutcome",
@@ -263,8 +263,8 @@ def build_engine(
 ) -> BuildOutcome:
     """Build (or fetch from the cache) a validated engine for ``bundle_path`` on ``profile``.
 
-    Raises :class:`~agent.errors.ModelError`, :class:`~agent.errors.CalibrationError`,
-    :class:`~agent.errors.BuildFailed` or :class:`~agent.errors.ValidationFailed`, each saying
+    Raises :class:`ModelError`, :class:`CalibrationError`,
+    :class:`BuildFailed` or :class:`ValidationFailed`, each saying
     how to fix the problem; nothing half-written is left in ``cache_dir``.
     """
     from agent.engine.calibration import load_calibration_set

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config import ModelBundleConfig
-from agent.errors import ModelError
-from agent.yamlsrc import load_model_file
+from agent.config.schema import ModelBundleConfig
+from agent.config.yaml import load_model_file
+from agent.core.errors import ModelError
 
 if TYPE_CHECKING:
     import onnx
@@ -142,8 +142,8 @@ def _read_labels(directory: Path, yaml_path: Path, labels: list[str] | str) -> t
 def load_bundle(path: Path) -> ModelBundle:
     """Load a bundle from its directory or from its ``model.yaml``.
 
-    Raises :class:`~agent.errors.ConfigError` for an invalid ``model.yaml`` (file:line issues)
-    and :class:`~agent.errors.ModelError` for a missing/misplaced ONNX or labels file.
+    Raises :class:`~agent.core.errors.ConfigError` for an invalid ``model.yaml`` (file:line issues)
+    and :class:`~agent.core.errors.ModelError` for a missing/misplaced ONNX or labels file.
     """
     path = Path(path)
     if path.is_dir():

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.backends.base import InputShapes, TensorSpec
-from agent.errors import ArtifactError
-from agent.fsutil import fsync_dir, fsync_file, sha256_file
+from agent.core.errors import ArtifactError
+from agent.core.fsutil import fsync_dir, fsync_file, sha256_file
 
 __all__ = [
     "MANIFEST",

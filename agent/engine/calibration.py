@@ -17,16 +17,16 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from agent.backends.base import ProgressFn, no_progress
-from agent.config import InputSpec
+from agent.config.schema import InputSpec
+from agent.core.errors import CalibrationError
 from agent.engine.bundle import ModelBundle, file_sha256
-from agent.engine.preprocess import (
+from agent.vision.letterbox import (
     IMAGE_SUFFIXES,
     InvalidFrame,
     load_image_or_npy,
     preprocess,
     validate_frame,
 )
-from agent.errors import CalibrationError
 
 __all__ = ["CALIB_SUFFIXES", "CalibrationSet", "FrameReader", "load_calibration_set"]
 
@@ -113,7 +113,7 @@ def load_calibration_set(
 ) -> CalibrationSet:
     """Load up to ``count`` calibration frames plus the last ``heldout`` files of ``directory``.
 
-    Raises :class:`~agent.errors.CalibrationError` naming the directory (or file) and the fix when
+    Raises :class:`CalibrationError` naming the directory (or file) and the fix when
     the folder is missing, empty, has too few files or holds an unreadable one.
     """
     directory = Path(directory)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from agent.backends.base import BuildRequest, BuildResult, ProgressFn, no_progress
-from agent.errors import BuildFailed, EdgeAgentError
+from agent.core.errors import BuildFailed, EdgeAgentError
 
 __all__ = [
     "IsolatedOutcome",

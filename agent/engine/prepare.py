@@ -17,9 +17,9 @@ import onnx
 from onnx import version_converter
 
 from agent.backends.base import InputShapes, TensorSpec
-from agent.config import DeviceProfile
+from agent.config.schema import DeviceProfile
+from agent.core.errors import ModelError
 from agent.engine.bundle import ModelBundle, external_locations, is_inside
-from agent.errors import ModelError
 
 __all__ = ["MIN_OPSET", "PreparedModel", "prepare", "tensor_specs"]
 
@@ -325,7 +325,7 @@ def prepare(
 
     ``static=True`` pins every dynamic dimension of the image input to the profile's ``opt``
     shape (what calibration and static engines need); otherwise only dimensions whose
-    min == max are pinned. Raises :class:`~agent.errors.ModelError` naming the file and the fix.
+    min == max are pinned. Raises :class:`ModelError` naming the file and the fix.
     """
     path = bundle.onnx_path
     notes: list[str] = []

@@ -39,11 +39,11 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from agent.backends.base import ProgressFn, no_progress
+from agent.core.errors import CalibrationError, ModelError
+from agent.core.fsutil import fsync_dir, fsync_file
 from agent.engine.bundle import onnx_sha256
 from agent.engine.calibration import CalibrationSet, FrameReader
 from agent.engine.prepare import PreparedModel
-from agent.errors import CalibrationError, ModelError
-from agent.fsutil import fsync_dir, fsync_file
 
 __all__ = ["RECIPES", "QuantizedModel", "Recipe", "calibration_cache_key", "quantize"]
 

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.backends.base import ProgressFn, no_progress
-from agent.config import ModelBundleConfig, OutputSpec
-from agent.engine.decode import Detections, box_iou, decode_yolov8
-from agent.errors import ValidationFailed
+from agent.config.schema import ModelBundleConfig, OutputSpec
+from agent.core.errors import ValidationFailed
+from agent.vision.decode import Detections, box_iou, decode_yolov8
 
 __all__ = [
     "GateReport",

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from agent.config import DeviceProfile
+from agent.config.schema import DeviceProfile
 from agent.monitor.sample import Sample
 
 __all__ = [

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from agent.errors import JtopUnavailable
+from agent.core.errors import JtopUnavailable
 from agent.monitor.host import WarnOnce
 from agent.monitor.sample import MemorySample, Sample
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.logs import log_fields
+from agent.core.logs import log_fields
 from agent.monitor.sample import MemorySample, MonitorSource, Sample
 
 __all__ = ["Sampler", "sanitize"]

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.errors import OtaError, OtaRejected
-from agent.logs import log_fields
+from agent.core.errors import OtaError, OtaRejected
+from agent.core.logs import log_fields
 from agent.ota.manifest import CHUNK_KIND, FileEntry, Manifest
 
 __all__ = [

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agent.config import Strict, at
-from agent.errors import OtaRejected
+from agent.config.schema import Strict, at
+from agent.core.errors import OtaRejected
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -139,7 +139,7 @@ def _canon(value: Any, where: str, out: list[str]) -> None:
 def canonical_json(value: Any) -> bytes:
     """The canonical UTF-8 bytes of ``value`` (see the module docstring).
 
-    Raises :class:`~agent.errors.OtaRejected` (reason ``malformed``) for floats, non-string
+    Raises :class:`~agent.core.errors.OtaRejected` (reason ``malformed``) for floats, non-string
     keys, unsafe integers or other types.
     """
     out: list[str] = []

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import OtaError, OtaRejected
-from agent.fsutil import atomic_write_json, fsync_dir, sha256_file
-from agent.logs import log_fields
+from agent.core.errors import OtaError, OtaRejected
+from agent.core.fsutil import atomic_write_json, fsync_dir, sha256_file
+from agent.core.logs import log_fields
 from agent.ota.manifest import RESERVED_PREFIX
 
 __all__ = ["ENVELOPE_FILE", "CommittedVersion", "VersionStore"]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import OtaError, OtaRejected
-from agent.logs import log_fields
+from agent.core.errors import OtaError, OtaRejected
+from agent.core.logs import log_fields
 from agent.ota.manifest import (
     Manifest,
     Signature,
@@ -118,7 +118,7 @@ def generate_keypair(out_dir: Path, name: str) -> tuple[Path, Path, str]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from agent.fsutil import atomic_write_bytes, fsync_dir
+    from agent.core.fsutil import atomic_write_bytes, fsync_dir
 
     out_dir.mkdir(parents=True, exist_ok=True)
     priv_path, pub_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"

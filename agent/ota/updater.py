@@ -58,10 +58,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, OtaConfig
-from agent.errors import EdgeAgentError, OtaError, OtaRejected
-from agent.fsutil import atomic_write_json
-from agent.logs import log_fields
+from agent.config.schema import AgentConfig, OtaConfig
+from agent.core.errors import EdgeAgentError, OtaError, OtaRejected
+from agent.core.fsutil import atomic_write_json
+from agent.core.logs import log_fields
 from agent.ota.fetch import ChunkAssembler, download_bundle, is_chunk_message
 from agent.ota.manifest import manifest_sha256
 from agent.ota.store import CommittedVersion, VersionStore

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, DeviceProfile
-from agent.errors import ConfigError, ModelError, OtaRejected
+from agent.config.schema import AgentConfig, DeviceProfile
+from agent.core.errors import ConfigError, ModelError, OtaRejected
 from agent.ota.manifest import Manifest
 from agent.ota.store import VersionStore
 from agent.ota.trust import SignedManifest, TrustStore

@@ -29,10 +29,9 @@ import numpy as np
 
 from agent.backends import cuda
 from agent.backends.base import Backend, DeviceTensor, Runner
-from agent.config import InputSpec, ModelBundleConfig, SourceConfig
+from agent.config.schema import InputSpec, ModelBundleConfig, SourceConfig
+from agent.core.errors import PipelineError
 from agent.engine.cache import Artifact
-from agent.engine.preprocess import preprocess
-from agent.errors import PipelineError
 from agent.pipeline.frames import Frame, Prepared, Result
 from agent.pipeline.pool import PoolEvent, Stages, WorkerContext, WorkerPool, result_error
 from agent.pipeline.postprocess import Postprocessor
@@ -46,6 +45,7 @@ from agent.pipeline.sources import (
     SourceStatus,
     make_source,
 )
+from agent.vision.letterbox import preprocess
 
 log = logging.getLogger(__name__)
 

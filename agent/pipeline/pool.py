@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import Runner
+from agent.core.restarts import RestartBudget
 from agent.pipeline.frames import Frame, Result
-from agent.restarts import RestartBudget
 
 __all__ = [
     "InvalidTransition",

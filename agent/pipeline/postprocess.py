@@ -1,7 +1,7 @@
 """Raw runner outputs → typed :class:`Result` records, one per frame of a batch.
 
 * ``classify`` (``softmax_topk``): softmax over the logits, top-k ``(label, probability)``.
-* ``detect`` (``yolov8``): :func:`agent.engine.decode.decode_yolov8` (best class per anchor,
+* ``detect`` (``yolov8``): :func:`agent.vision.decode.decode_yolov8` (best class per anchor,
   confidence threshold, class-aware NMS, at most ``max_detections``), boxes mapped from model-input
   pixels back to source-frame pixels through each frame's :class:`LetterboxInfo`.
 * ``raw``: summary statistics of each output tensor's slice for the frame, in ``Result.raw``.
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import ModelBundleConfig
-from agent.engine.decode import decode_yolov8, softmax_topk
-from agent.engine.preprocess import LetterboxInfo
+from agent.config.schema import ModelBundleConfig
 from agent.pipeline.frames import Detection, Frame, Result
+from agent.vision.decode import decode_yolov8, softmax_topk
+from agent.vision.letterbox import LetterboxInfo
 
 __all__ = ["Postprocessor"]
 

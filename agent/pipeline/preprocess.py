@@ -2,7 +2,7 @@
 
 Two interchangeable paths, chosen by :func:`make_preprocessor`:
 
-* :class:`CpuPreprocessor` runs the reference :func:`agent.engine.preprocess.preprocess`
+* :class:`CpuPreprocessor` runs the reference :func:`agent.vision.letterbox.preprocess`
   (OpenCV ``INTER_LINEAR`` resize, Ultralytics letterbox or stretch, colour order,
   ``(pixel * scale - mean) / std``, NCHW/NHWC) frame by frame into one preallocated float32
   batch buffer, page-locked when CUDA is present so the runner's upload is truly asynchronous.
@@ -36,10 +36,10 @@ from typing import Protocol
 import numpy as np
 
 from agent.backends import cuda
-from agent.closing import Closeable
-from agent.config import InputSpec
-from agent.engine.preprocess import LetterboxInfo, preprocess, validate_frame
-from agent.errors import BackendUnavailable
+from agent.config.schema import InputSpec
+from agent.core.closing import Closeable
+from agent.core.errors import BackendUnavailable
+from agent.vision.letterbox import LetterboxInfo, preprocess, validate_frame
 
 __all__ = [
     "KERNEL_NAME",

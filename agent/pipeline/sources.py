@@ -41,11 +41,11 @@ from typing import Any, ClassVar, Literal, Protocol
 import cv2
 import numpy as np
 
-from agent.config import SourceConfig
-from agent.errors import SourceError
-from agent.logs import log_fields
+from agent.config.schema import SourceConfig
+from agent.core.errors import SourceError
+from agent.core.logs import log_fields
 from agent.pipeline.frames import Frame
-from agent.synthetic import SceneAnimator
+from agent.vision.synthetic import SceneAnimator
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,320 @@
+"""``edge-agent keygen | push | ota-status``: signed over-the-air model pushes.
+
+* ``keygen --out DIR`` — an Ed25519 key pair for signing pushes (NAME.key 0600, NAME.pub).
+* ``push BUNDLE --key K --version N ...`` — hash the bundle, sign the manifest, and publish it
+  (QoS 1) to ``edge/<fleet>/<device>/ota`` or ``edge/<fleet>/group/<group>/ota``; the files are
+  fetched from ``--url``, from a local server (``--serve``), or sent inline as MQTT chunks.
+* ``ota-status --state-dir DIR`` — the device's OTA journal, committed versions and
+  high-water marks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.core.errors import OtaError
+
+_MIB = 1024 * 1024
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------- keygen
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from agent.ota.trust import generate_keypair
+
+    priv, pub, kid = generate_keypair(Path(args.out), args.name)
+    if args.json:
+        _print_json({"private_key": str(priv), "public_key": str(pub), "key_id": kid})
+    else:
+        print(f"private key: {priv}  (keep it secret; mode 0600)")
+        print(f"public key:  {pub}  (copy it into each device's ota.trust_dir)")
+        print(f"key id:      {kid}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- push
+
+
+def _csv(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from agent.engine.bundle import load_bundle
+    from agent.fleet.push import (
+        BundleServer,
+        bundle_files,
+        chunk_messages,
+        golden_files,
+        make_manifest,
+        ota_topic,
+        parse_duration,
+    )
+    from agent.ota.manifest import Compat, Golden, Payload, manifest_sha256, sign_manifest
+    from agent.ota.trust import load_private_key
+
+    bundle_dir = Path(args.bundle)
+    bundle = load_bundle(bundle_dir)
+    key = load_private_key(Path(args.key))
+    files = bundle_files(bundle_dir)
+    golden = None
+    if args.golden:
+        extra, cases = golden_files(Path(args.golden))
+        clash = sorted(set(extra) & set(files))
+        if clash:
+            raise OtaError(
+                f"golden files clash with bundle files {clash}",
+                reason="usage",
+                fix="remove the bundle's own golden/ folder or rename the golden files",
+            )
+        files.update(extra)
+        golden = Golden(
+            input_name=bundle.config.input.name,
+            output_name=bundle.config.output.name,
+            cases=cases,
+            atol=args.golden_atol,
+            rtol=args.golden_rtol,
+        )
+    total = sum(p.stat().st_size for p in files.values())
+    topic = ota_topic(args.fleet, device=args.device, group=args.group)
+    if args.inline and total > args.max_inline_mib * _MIB:
+        raise OtaError(
+            f"bundle is {total / _MIB:.1f} MiB, above --max-inline-mib {args.max_inline_mib}",
+            reason="usage",
+            fix="serve it with --url or --serve instead of --inline",
+        )
+    if args.serve and not args.mqtt_url and args.out is None:
+        raise OtaError(
+            "--serve needs --mqtt-url (or --out) so that devices learn about the push",
+            reason="usage",
+            fix="add --mqtt-url mqtt://broker:1883 or --out manifest.json",
+        )
+
+    server: BundleServer | None = None
+    if args.serve:
+        server = BundleServer(
+            files, host=args.host, port=args.port, advertise_host=args.advertise_host
+        ).start()
+        payload = Payload(kind="url", base_url=server.base_url)
+    elif args.inline:
+        payload = Payload(kind="inline", chunk_size=args.chunk_kib * 1024)
+    else:
+        payload = Payload(kind="url", base_url=args.url)
+    try:
+        manifest = make_manifest(
+            files,
+            name=bundle.config.name,
+            version=args.version,
+            fleet=args.fleet,
+            device=args.device,
+            group=args.group,
+            payload=payload,
+            expires_in_s=parse_duration(args.expires_in),
+            compat=Compat(
+                profiles=_csv(args.profiles),
+                families=_csv(args.families),
+                min_tensorrt=args.min_tensorrt,
+                min_jetpack=args.min_jetpack,
+            ),
+            golden=golden,
+        )
+        envelope = sign_manifest(manifest, [key])
+        data = json.dumps(envelope, separators=(",", ":")).encode("utf-8")
+        if args.out:
+            from agent.core.fsutil import atomic_write_json
+
+            atomic_write_json(Path(args.out), envelope)
+        published = 0
+        if args.mqtt_url:
+            from agent.comms.mqtt import publish_once  # pyright: ignore[reportMissingImports]
+            from agent.config.schema import MqttConfig
+
+            mqtt = MqttConfig(enabled=True, url=args.mqtt_url)
+            publish_once(mqtt, topic, data, qos=1)  # pyright: ignore[reportUnknownVariableType]
+            published = 1
+            if args.inline:
+                for chunk in chunk_messages(manifest, envelope["manifest"], files):
+                    publish_once(mqtt, topic, chunk, qos=1)
+                    published += 1
+        summary = {
+            "model": manifest.name,
+            "version": manifest.version,
+            "topic": topic,
+            "manifest_sha256": manifest_sha256(envelope["manifest"]),
+            "files": len(manifest.files),
+            "bytes": manifest.total_size,
+            "payload": payload.kind,
+            "base_url": payload.base_url,
+            "expires": manifest.expires,
+            "published_messages": published,
+            "out": args.out,
+        }
+        if not args.mqtt_url and not args.out:
+            _print_json(envelope)
+        else:
+            _print_json(summary)
+        if server is not None:
+            _serve(server, args.serve_for)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def _serve(server: Any, seconds: float) -> None:
+    print(
+        f"serving {len(server.files)} files at {server.base_url} for {seconds:g} s (Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        print("stopped serving", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from agent.ota.store import VersionStore
+
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if state_dir is None:
+        from agent.cli.run import load_run_config
+
+        state_dir = load_run_config(Path(args.config)).state_dir.expanduser()
+    root = state_dir / "ota"
+    if not root.is_dir():
+        raise OtaError(
+            "no OTA state here yet",
+            reason="usage",
+            fix="pass the device's state directory (state_dir in agent.yaml)",
+            path=root,
+        )
+    store = VersionStore(state_dir)
+    journal: Any = None
+    try:
+        if store.journal_path.is_file():
+            journal = json.loads(store.journal_path.read_text(encoding="utf-8"))
+            journal.pop("envelope", None)
+        hwm: Any = json.loads(store.hwm_path.read_text()) if store.hwm_path.is_file() else {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise OtaError(
+            f"OTA state is unreadable: {exc}",
+            reason="state_corrupt",
+            fix="check the files under state_dir/ota (journal.json, hwm.json)",
+            path=root,
+        ) from exc
+    report = {
+        "journal": journal,
+        "committed": {k: v.to_json() for k, v in store.committed_all().items()},
+        "high_water": hwm,
+        "installed": {
+            p.name: store.versions(p.name) for p in sorted(store.models_dir.iterdir()) if p.is_dir()
+        },
+    }
+    if args.json:
+        _print_json(report)
+        return 0
+    if journal:
+        print(
+            f"last update: {journal.get('model')} v{journal.get('version')} "
+            f"{journal.get('state')}"
+            + (
+                f" ({journal.get('reason')}: {journal.get('detail')})"
+                if journal.get("reason")
+                else ""
+            )
+        )
+    else:
+        print("last update: none")
+    for name, entry in report["committed"].items():
+        print(f"committed:   {name} v{entry['version']} ({entry['bundle_dir']})")
+    for name, versions in report["installed"].items():
+        print(f"installed:   {name} {versions} (high-water {hwm.get(name, 0)})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- register
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kg = sub.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing model pushes",
+        description="Writes DIR/NAME.key (private, PEM, mode 0600) and DIR/NAME.pub (public). "
+        "Refuses to overwrite. Copy NAME.pub into each device's ota.trust_dir.",
+    )
+    kg.add_argument("--out", required=True, help="directory for the key files")
+    kg.add_argument("--name", default="fleet", help="file name stem (default: fleet)")
+    kg.add_argument("--json", action="store_true")
+    kg.set_defaults(handler=_cmd_keygen)
+
+    p = sub.add_parser(
+        "push",
+        help="sign and publish a model bundle to a device or group over MQTT",
+        description="Hashes every file of BUNDLE, signs a manifest (Ed25519 over canonical "
+        "JSON) and publishes it at QoS 1 to edge/<fleet>/<device>/ota or "
+        "edge/<fleet>/group/<group>/ota. Without --mqtt-url and --out the signed envelope is "
+        "printed.",
+    )
+    p.add_argument("bundle", help="bundle directory (model.yaml, ONNX, labels)")
+    p.add_argument("--key", required=True, help="private key from `edge-agent keygen`")
+    p.add_argument(
+        "--version", required=True, type=int, help="monotonic version (> the last pushed)"
+    )
+    p.add_argument("--expires-in", default="24h", help="manifest lifetime (e.g. 24h, 30m, 7d)")
+    p.add_argument("--profiles", default=None, help="comma-separated device profiles allowed")
+    p.add_argument("--families", default=None, help="comma-separated board families allowed")
+    p.add_argument("--min-tensorrt", default=None, help="lowest TensorRT version, e.g. 10.3")
+    p.add_argument("--min-jetpack", default=None, help="lowest JetPack version, e.g. 6.1")
+    p.add_argument(
+        "--golden", default=None, help="directory of NAME.input.npy / NAME.expected.npy pairs"
+    )
+    p.add_argument("--golden-atol", default="0.05", help="golden absolute tolerance (decimal)")
+    p.add_argument("--golden-rtol", default="0.05", help="golden relative tolerance (decimal)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--url", default=None, help="base URL the device downloads files from")
+    src.add_argument("--serve", action="store_true", help="serve the files from this host")
+    src.add_argument("--inline", action="store_true", help="send the files as MQTT chunks")
+    p.add_argument("--host", default="127.0.0.1", help="--serve: address to bind")
+    p.add_argument("--port", type=int, default=0, help="--serve: port (0 = a free one)")
+    p.add_argument(
+        "--advertise-host", default=None, help="--serve: host name devices use (default --host)"
+    )
+    p.add_argument("--serve-for", type=float, default=600.0, help="--serve: seconds to serve")
+    p.add_argument("--chunk-kib", type=int, default=64, help="--inline: chunk size in KiB")
+    p.add_argument(
+        "--max-inline-mib", type=int, default=16, help="--inline: largest bundle sent inline"
+    )
+    tgt = p.add_mutually_exclusive_group(required=True)
+    tgt.add_argument("--device", default=None, help="target device id")
+    tgt.add_argument("--group", default=None, help="target group")
+    p.add_argument("--fleet", required=True, help="fleet name")
+    p.add_argument("--mqtt-url", default=None, help="broker, mqtt://host:port or mqtts://...")
+    p.add_argument("--out", default=None, help="also write the signed envelope to this file")
+    p.set_defaults(handler=_cmd_push)
+
+    st = sub.add_parser(
+        "ota-status",
+        help="show the device's OTA journal, committed versions and high-water marks",
+    )
+    where = st.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", default=None, help="the agent's state directory")
+    where.add_argument("--config", default=None, help="agent.yaml (its state_dir is used)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(handler=_cmd_status)

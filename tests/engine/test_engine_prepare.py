@@ -1,0 +1,333 @@
+"""prepare(): ONNX checks, opset upgrade, input/layout checks, profile shapes, shape inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from agent.config.schema import DeviceProfile
+from agent.config.yaml import load_model_file
+from agent.core.errors import ModelError
+from agent.engine.bundle import load_bundle
+from agent.engine.prepare import PreparedModel, prepare
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "agent" / "data" / "models"
+
+
+@pytest.fixture(scope="module")
+def cpu_profile() -> DeviceProfile:
+    return load_model_file(REPO / "device_profiles" / "cpu.yaml", DeviceProfile)
+
+
+def convnet(
+    *,
+    opset: int = 17,
+    dims: tuple[int | str, ...] = ("batch", 3, "height", "width"),
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """Conv-Relu-Conv-Relu-Add-GAP-Flatten-Gemm classifier with random weights."""
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+
+    def w(name: str, shape: tuple[int, ...], scale: float = 0.3) -> str:
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+        )
+        return name
+
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["images", w("w1", (8, 3, 3, 3)), w("b1", (8,))],
+            ["c1"],
+            name="conv1",
+            pads=[1, 1, 1, 1],
+            strides=[2, 2],
+        ),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node(
+            "Conv",
+            ["r1", w("w2", (8, 8, 3, 3), 0.2), w("b2", (8,))],
+            ["c2"],
+            name="conv2",
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Add", ["r1", "r2"], ["a1"], name="add1"),
+        helper.make_node("GlobalAveragePool", ["a1"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node(
+            "Gemm", ["f", w("wf", (4, 8)), w("bf", (4,))], ["logits"], name="fc", transB=1
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "net",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [dims[0], 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7 if opset < 15 else 8
+    return model
+
+
+YAML = """name: tiny
+version: 1
+task: classify
+input:
+  name: images
+  layout: {layout}
+  resize: stretch
+  size: {size}
+output:
+  decode: softmax_topk
+"""
+
+
+def make_bundle(
+    tmp_path: Path,
+    model: onnx.ModelProto | bytes,
+    *,
+    size: str = "[32, 32]",
+    layout: str = "NCHW",
+    name: str = "bundle",
+) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    if isinstance(model, bytes):
+        (d / "model.onnx").write_bytes(model)
+    else:
+        onnx.save(model, d / "model.onnx")
+    (d / "model.yaml").write_text(YAML.format(layout=layout, size=size))
+    return d
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {"images": x})[0])
+
+
+def test_prepare_fixed_size(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    bundle = load_bundle(make_bundle(tmp_path, convnet()))
+    prepared = prepare(bundle, cpu_profile, tmp_path / "work")
+    assert isinstance(prepared, PreparedModel)
+    assert prepared.path == tmp_path / "work" / "prepared.onnx" and prepared.path.is_file()
+    shapes = prepared.shapes["images"]
+    assert (shapes.min, shapes.opt, shapes.max) == ((1, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32))
+    # H/W have min == max, so they are pinned; batch stays dynamic
+    assert prepared.inputs[0].shape == ("batch", 3, 32, 32)
+    assert prepared.outputs[0].name == "logits" and prepared.outputs[0].dtype == "float32"
+    assert prepared.opset == 17
+    x = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(_run(prepared.path, x), _run(bundle.onnx_path, x), atol=1e-5)
+
+
+def test_profile_shapes_when_size_is_null(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    bundle = load_bundle(make_bundle(tmp_path, convnet(), size="null"))
+    dynamic = prepare(bundle, cpu_profile, tmp_path / "dyn")
+    shapes = dynamic.shapes["images"]
+    assert (shapes.min, shapes.opt, shapes.max) == (
+        (1, 3, 224, 224),
+        (1, 3, 256, 256),
+        (4, 3, 640, 640),
+    )
+    assert dynamic.inputs[0].shape == ("batch", 3, "height", "width")
+    static = prepare(bundle, cpu_profile, tmp_path / "static", static=True)
+    assert static.inputs[0].shape == (1, 3, 256, 256)
+    assert static.outputs[0].shape == (1, 4)
+    assert any("static=True" in n for n in static.notes)
+
+
+def test_opset_11_is_upgraded_to_13(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    bundle = load_bundle(make_bundle(tmp_path, convnet(opset=11)))
+    prepared = prepare(bundle, cpu_profile, tmp_path / "work")
+    assert prepared.opset == 13
+    assert onnx.load(str(prepared.path)).opset_import[0].version == 13
+    assert any("opset upgraded from 11 to 13" in n for n in prepared.notes)
+    x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(_run(prepared.path, x), _run(bundle.onnx_path, x), atol=1e-5)
+
+
+def test_not_onnx_truncated_and_empty(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    good = convnet().SerializeToString()
+    cases = {
+        "text": b"this is a README, not a model\n" * 20,
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+    }
+    for name, data in cases.items():
+        bundle = load_bundle(make_bundle(tmp_path, data, name=name))
+        with pytest.raises(ModelError) as info:
+            prepare(bundle, cpu_profile, tmp_path / f"w-{name}")
+        text = str(info.value)
+        assert str(bundle.onnx_path) in text, name
+        assert "fix:" in text and ("re-export" in text or "copy" in text), name
+
+
+def test_custom_domain_operator_is_refused(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    model = convnet()
+    model.graph.node[1].CopyFrom(
+        helper.make_node("FancyRelu", ["c1"], ["r1"], name="relu1", domain="acme.ops")
+    )
+    model.opset_import.append(helper.make_opsetid("acme.ops", 1))
+    bundle = load_bundle(make_bundle(tmp_path, model))
+    with pytest.raises(
+        ModelError, match=r"unsupported operator acme\.ops::FancyRelu.*relu1"
+    ) as info:
+        prepare(bundle, cpu_profile, tmp_path / "w")
+    assert "model.onnx" in str(info.value) and info.value.fix
+
+
+def test_unknown_standard_operator_is_refused(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    model = convnet()
+    model.graph.node[1].CopyFrom(helper.make_node("Relu6", ["c1"], ["r1"], name="relu1"))
+    bundle = load_bundle(make_bundle(tmp_path, model))
+    with pytest.raises(ModelError, match="Relu6"):
+        prepare(bundle, cpu_profile, tmp_path / "w")
+
+
+def test_rank_contradicting_layout(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 32])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["images"], ["y"], name="r")], "g", [x], [y]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    bundle = load_bundle(make_bundle(tmp_path, model))
+    with pytest.raises(ModelError, match=r"rank 3.*layout NCHW"):
+        prepare(bundle, cpu_profile, tmp_path / "w")
+
+
+def test_channels_contradicting_layout(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    model = convnet(dims=(1, 3, 32, 32))
+    bundle = load_bundle(make_bundle(tmp_path, model, layout="NHWC"))
+    with pytest.raises(ModelError, match="32 channels at axis 3") as info:
+        prepare(bundle, cpu_profile, tmp_path / "w")
+    assert "NCHW" in str(info.value)
+
+
+def test_wrong_input_name(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    d = make_bundle(tmp_path, convnet())
+    (d / "model.yaml").write_text(
+        (d / "model.yaml").read_text().replace("name: images", "name: input")
+    )
+    with pytest.raises(ModelError, match=r"input 'input'.*\['images'\]"):
+        prepare(load_bundle(d), cpu_profile, tmp_path / "w")
+
+
+def test_fixed_onnx_size_contradicting_yaml(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    bundle = load_bundle(make_bundle(tmp_path, convnet(dims=(1, 3, 48, 48))))
+    with pytest.raises(ModelError, match="fixed at 48"):
+        prepare(bundle, cpu_profile, tmp_path / "w")
+
+
+def _external(tmp_path: Path, location: str) -> Path:
+    d = make_bundle(tmp_path, convnet(), name=f"ext-{location.replace('/', '_').replace('.', '_')}")
+    model = onnx.load(str(d / "model.onnx"))
+    onnx.save_model(
+        model,
+        str(d / "model.onnx"),
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    if location != "weights.bin":  # move the data and point the model at it
+        model = onnx.load(str(d / "model.onnx"), load_external_data=False)
+        target = (d / location).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (d / "weights.bin").rename(target)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(model, str(d / "model.onnx"))
+    return d
+
+
+def test_external_data_inside_bundle_is_loaded(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    prepared = prepare(load_bundle(_external(tmp_path, "weights.bin")), cpu_profile, tmp_path / "w")
+    assert any("external data" in n for n in prepared.notes)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    assert _run(prepared.path, x).shape == (1, 4)
+
+
+def test_external_data_outside_bundle_is_refused(
+    tmp_path: Path, cpu_profile: DeviceProfile
+) -> None:
+    d = _external(tmp_path, "../stolen.bin")
+    with pytest.raises(ModelError, match="outside the bundle") as info:
+        prepare(load_bundle(d), cpu_profile, tmp_path / "w")
+    assert "stolen.bin" in str(info.value)
+
+
+def test_external_data_symlink_out_of_bundle_is_refused(
+    tmp_path: Path, cpu_profile: DeviceProfile
+) -> None:
+    d = _external(tmp_path, "weights.bin")
+    outside = tmp_path / "elsewhere.bin"
+    (d / "weights.bin").rename(outside)
+    (d / "weights.bin").symlink_to(outside)
+    with pytest.raises(ModelError, match="outside the bundle"):
+        prepare(load_bundle(d), cpu_profile, tmp_path / "w")
+
+
+def concat_of_constants_model() -> onnx.ModelProto:
+    """Valid graph on which onnxruntime's symbolic shape inference asserts: a Concat of constant
+    1-D inputs with ``axis=-1`` (it asserts ``axis == 0``), as in real YOLO exports."""
+    model = convnet(dims=(1, 3, 32, 32))
+    graph = model.graph
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.full((2,), 1, np.int64), "ka"),
+            numpy_helper.from_array(np.full((2,), -1, np.int64), "kb"),
+        ]
+    )
+    graph.node[-1].output[0] = "pre"
+    graph.node.extend(
+        [
+            helper.make_node("Concat", ["ka", "kb"], ["ki"], name="anchors", axis=-1),
+            helper.make_node("Cast", ["ki"], ["k"], name="cast", to=TensorProto.FLOAT),
+            helper.make_node("Add", ["pre", "k"], ["logits"], name="offset"),
+        ]
+    )
+    return model
+
+
+def test_symbolic_shape_inference_failure_falls_back(
+    tmp_path: Path, cpu_profile: DeviceProfile
+) -> None:
+    bundle = load_bundle(make_bundle(tmp_path, concat_of_constants_model()))
+    prepared = prepare(bundle, cpu_profile, tmp_path / "w")
+    notes = " ".join(prepared.notes)
+    assert "symbolic shape inference failed" in notes
+    assert "fell back to onnx.shape_inference" in notes
+    # ONNX's own inference still typed the intermediate tensors
+    inferred = {vi.name for vi in onnx.load(str(prepared.path)).graph.value_info}
+    assert {"c1", "r2", "k"} <= inferred
+    x = np.random.default_rng(3).random((1, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(_run(prepared.path, x), _run(bundle.onnx_path, x), atol=1e-5)
+
+
+def test_real_classifier(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    prepared = prepare(load_bundle(MODELS / "shapes-cls"), cpu_profile, tmp_path / "w")
+    shapes = prepared.shapes["images"]
+    assert (shapes.min, shapes.max) == ((1, 3, 64, 64), (4, 3, 64, 64))
+    assert prepared.outputs[0].name == "logits" and prepared.outputs[0].shape[-1] == 4
+
+
+def test_real_detector(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
+    bundle = load_bundle(MODELS / "shapes-det")
+    prepared = prepare(bundle, cpu_profile, tmp_path / "w", static=True)
+    assert prepared.inputs[0].shape == (1, 3, 256, 256)
+    assert prepared.shapes["images"].max == (4, 3, 256, 256)
+    out = prepared.outputs[0]
+    assert out.name == "output0" and out.shape[0] == 1 and len(out.shape) == 3
+    x = np.full((1, 3, 256, 256), 114 / 255, np.float32)
+    assert _run(prepared.path, x).shape[:2] == (1, 8)
