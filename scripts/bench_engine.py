@@ -36,12 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from agent.backends.base import get_backend  # noqa: E402
-from agent.config.schema import DeviceProfile, ModelBundleConfig  # noqa: E402
+from agent.backends.registry import get_backend  # noqa: E402
+from agent.config.device import DeviceProfile  # noqa: E402
+from agent.config.model import ModelBundleConfig  # noqa: E402
+from agent.config.profiles.store import ProfileStore  # noqa: E402
 from agent.core.fsutil import atomic_write_json  # noqa: E402
-from agent.engine.build import BuildOutcome, build_engine  # noqa: E402
+from agent.engine.build.orchestrator import build_engine  # noqa: E402
+from agent.engine.build.outcome import BuildOutcome  # noqa: E402
 from agent.engine.cache import Artifact  # noqa: E402
-from agent.engine.validate import measure_latency  # noqa: E402
+from agent.engine.validate.gate import measure_latency  # noqa: E402
 from agent.vision.decode import box_iou, decode_yolov8  # noqa: E402
 from agent.vision.letterbox import load_image_or_npy, preprocess  # noqa: E402
 
@@ -336,8 +339,6 @@ def _build_facts(outcome: BuildOutcome) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agent.config.profiles import ProfileStore
-
     parser = argparse.ArgumentParser(
         description="INT8 vs FP32 on the CPU backend: speed, accuracy, build cost."
     )

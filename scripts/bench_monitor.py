@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.config.profiles import ProfileStore  # noqa: E402
-from agent.monitor.governor import Governor  # noqa: E402
+from agent.config.profiles.store import ProfileStore  # noqa: E402
+from agent.monitor.governor.machine import Governor  # noqa: E402
 from agent.monitor.sample import MonitorSource, Sample  # noqa: E402
 from agent.monitor.sampler import Sampler  # noqa: E402
 

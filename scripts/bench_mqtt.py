@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.comms.telemetry import CommsService
-from agent.config.schema import MqttConfig
+from agent.comms.service import CommsService
+from agent.config.broker import MqttConfig
 
 FLEET, DEVICE = "bench", "bench-dev"
 

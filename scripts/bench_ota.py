@@ -38,9 +38,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.assets import SAMPLE_VIDEO  # noqa: E402
 from tests.helpers.broker import Broker, Collector  # noqa: E402  (test helpers: real Mosquitto)
 from tests.helpers.ota_e2e_util import (  # noqa: E402
-    SAMPLE_VIDEO,
     Daemon,
     cli_env,
     copy_bundle,

@@ -32,13 +32,14 @@ for _path in (ROOT, ROOT / "scripts"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from agent.backends.base import get_backend  # noqa: E402
-from agent.config.profiles import ProfileStore  # noqa: E402
-from agent.config.schema import SourceConfig  # noqa: E402
-from agent.engine.build import build_engine  # noqa: E402
+from agent.backends.registry import get_backend  # noqa: E402
+from agent.config.agent import SourceConfig  # noqa: E402
+from agent.config.profiles.store import ProfileStore  # noqa: E402
+from agent.engine.build.orchestrator import build_engine  # noqa: E402
 from agent.engine.bundle import load_bundle  # noqa: E402
+from agent.pipeline.assembly import build_pipeline  # noqa: E402
 from agent.pipeline.frames import Result  # noqa: E402
-from agent.pipeline.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from agent.pipeline.pipeline import PipelineOptions  # noqa: E402
 from agent.vision.letterbox import preprocess  # noqa: E402
 
 BUNDLE = ROOT / "agent" / "data" / "models" / "shapes-det"
@@ -109,7 +110,7 @@ def pipeline_throughput(
     bundle = load_bundle(bundle_dir)
     sink = CountingSink()
     src = SourceConfig(name="video", type="file", uri=str(VIDEO), model="m", loop=True)
-    pipe = Pipeline(
+    pipe = build_pipeline(
         model=bundle.config.name,
         artifact=artifact,
         backend=get_backend(artifact.backend),
@@ -134,7 +135,7 @@ def pipeline_throughput(
     elapsed = time.perf_counter() - t0
     stats = pipe.stats()
     pipe.stop(timeout=5)
-    return (last - first) / elapsed, stats
+    return (last - first) / elapsed, stats.to_json()  # the wire form, written as JSON
 
 
 def main(argv: list[str] | None = None) -> int:

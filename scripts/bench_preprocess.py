@@ -29,9 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.backends import cuda
-from agent.config.schema import InputSpec
-from agent.pipeline import preprocess as pp
+from agent.backends.cuda import runtime as cuda_runtime
+from agent.config.model import InputSpec
+from agent.pipeline.preprocess.cpu_path import CpuPreprocessor
+from agent.pipeline.preprocess.geometry import tolerance
+from agent.pipeline.preprocess.gpu_path import GpuPreprocessor
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
@@ -62,7 +64,7 @@ def _scene(height: int, width: int) -> np.ndarray:
 def _bench_cpu(
     spec: InputSpec, size: tuple[int, int], frame: np.ndarray, jpeg: np.ndarray, args: Any
 ) -> dict[str, Any]:
-    with pp.CpuPreprocessor(spec, size, batch=1) as pre:
+    with CpuPreprocessor(spec, size, batch=1) as pre:
         for _ in range(args.warmup):
             pre.process([frame])
         tensor_ms: list[float] = []
@@ -93,10 +95,10 @@ def _bench_gpu(
     spec: InputSpec, size: tuple[int, int], frame: np.ndarray, reference: np.ndarray, args: Any
 ) -> dict[str, Any]:
     with (
-        cuda.Stream() as stream,
-        pp.GpuPreprocessor(spec, size, batch=1, stream=stream) as pre,
-        cuda.Event() as start,
-        cuda.Event() as end,
+        cuda_runtime.Stream() as stream,
+        GpuPreprocessor(spec, size, batch=1, stream=stream) as pre,
+        cuda_runtime.Event() as start,
+        cuda_runtime.Event() as end,
     ):
         for _ in range(args.warmup):
             pre.process([frame])
@@ -114,8 +116,8 @@ def _bench_gpu(
         assert pre.kernel is not None
         got = pre.download()
         diff = np.abs(got.astype(np.float64) - reference.astype(np.float64))
-        max_tol, mean_tol = pp.tolerance(spec)
-        major, minor = cuda.compute_capability()
+        max_tol, mean_tol = tolerance(spec)
+        major, minor = cuda_runtime.compute_capability()
         return {
             "arch": pre.kernel.arch,
             "compute_capability": f"{major}.{minor}",
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = _bench_cpu(spec, size, frame, jpeg, args)
     reference = cpu.pop("reference")
     gpu: dict[str, Any] | str
-    usable, why = cuda.available()
+    usable, why = cuda_runtime.available()
     if args.no_gpu:
         gpu = "skipped (--no-gpu)"
     elif not usable:

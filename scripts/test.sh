@@ -9,8 +9,9 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"
 ruff check .
 ruff format --check .
-echo "== pyright (tensorrt-stubs for agent/backends/tensorrt.py)"
+echo "== pyright (tensorrt-stubs for agent/backends/tensorrt/)"
 pyright
+echo "== import-linter"; lint-imports
 echo "== mosquitto and systemd-analyze (real brokers on loopback; the unit's verify/security)"
 MISSING=""
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then

@@ -3,15 +3,15 @@
 A *builder* turns a prepared ONNX file (float, or explicit Q/DQ INT8) into artifact files inside
 a directory; a *runner* loads those files and runs inference. Runners are context managers in the
 Polygraphy style: ``activate`` allocates (sessions, contexts, buffers), ``infer`` runs, and
-``deactivate`` frees. Only ``backends/tensorrt.py`` imports tensorrt and only
-``backends/onnxruntime.py`` imports onnxruntime.
+``deactivate`` frees. Only ``backends/tensorrt/`` imports tensorrt and only
+``backends/onnxruntime.py`` imports onnxruntime; :mod:`agent.backends.registry` picks a backend
+by name.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -19,20 +19,12 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from agent.core.errors import BackendUnavailable
+from agent.core.progress import ProgressFn, no_progress
 
 Precision = Literal["int8", "fp16", "fp32"]
 Shape = tuple[int, ...]
 
 _R = TypeVar("_R", bound="RunnerBase")
-
-#: progress(stage, fraction 0..1, message)
-ProgressFn = Callable[[str, float, str], None]
-
-
-def no_progress(stage: str, fraction: float, message: str) -> None:
-    """A progress callback that drops everything."""
-    del stage, fraction, message
 
 
 @dataclass(frozen=True)
@@ -101,6 +93,43 @@ class DeviceTensor:
     ptr: int
     shape: tuple[int, ...]
     dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One node of an ONNX graph as a backend reads it (see :class:`OnnxFiles`)."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    #: the node's ``activation`` string attribute (ONNX Runtime's fused ops), if it has one
+    activation: str | None = None
+
+
+class OnnxFiles(Protocol):
+    """The ONNX file work a backend needs but does not do itself: ``onnx`` has one home,
+    :mod:`agent.engine.onnxgraph`, above the backends, so the caller passes an implementation
+    in (``agent.engine.onnxfiles.ONNX_FILES``)."""
+
+    def external_data_files(self, path: Path) -> list[str]:
+        """Sorted locations of the initializers stored outside the file."""
+        ...
+
+    def save_with_data_file(self, src: Path, dst: Path) -> None:
+        """Load ``src`` with its external data and write it to ``dst`` with every large tensor
+        in one ``<dst name>.data`` file next to it."""
+        ...
+
+    def nodes(self, path: Path) -> list[GraphNode]:
+        """The graph's nodes in order (external data is not loaded)."""
+        ...
+
+    def declared_types(self, path: Path) -> dict[str, str]:
+        """Tensor name → element type name (``FLOAT``, ``INT8``...) of the graph's inputs,
+        outputs, value infos and initializers, as declared in the file."""
+        ...
 
 
 @runtime_checkable
@@ -221,29 +250,3 @@ class Backend(Protocol):
     def inspect(self, artifact_dir: Path, main_file: str) -> list[dict[str, Any]]:
         """Layers after fusion with their precision."""
         ...
-
-
-_BACKENDS = {
-    "onnxruntime": "agent.backends.onnxruntime",
-    "tensorrt": "agent.backends.tensorrt",
-}
-
-
-def get_backend(name: str) -> Backend:
-    """Import the backend module lazily and return its ``BACKEND`` facade."""
-    module_name = _BACKENDS.get(name)
-    if module_name is None:
-        raise BackendUnavailable(
-            f"unknown backend '{name}'",
-            fix=f"use one of {sorted(_BACKENDS)} in the device profile's build.backend",
-        )
-    module = importlib.import_module(module_name)
-    backend: Backend = module.BACKEND
-    ok, why = backend.available()
-    if not ok:
-        raise BackendUnavailable(
-            f"backend '{name}' is not usable here: {why}",
-            fix="pick a device profile whose build.backend is available on this host "
-            "(the cpu profile uses onnxruntime)",
-        )
-    return backend

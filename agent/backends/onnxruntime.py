@@ -17,27 +17,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from agent.backends.base import (
     BuildRequest,
     BuildResult,
-    ProgressFn,
+    GraphNode,
+    OnnxFiles,
     RunnerBase,
     TensorSpec,
-    no_progress,
     summarize_layer_times,
 )
-from agent.core.errors import BuildFailed, ModelError
+from agent.core.errors import BuildFailed, InternalError, ModelError
+from agent.core.progress import ProgressFn, no_progress
 
-__all__ = ["BACKEND", "OnnxRuntimeBackend", "OrtRunner"]
+__all__ = ["BACKEND", "OnnxRuntimeBackend", "OrtRunner", "make_backend"]
 
 MAIN_FILE = "model.onnx"
 OPTIMIZED_FILE = "model.optimized.onnx"
 _PROVIDERS = ["CPUExecutionProvider"]
 _NCHWC = "com.microsoft.nchwc"
-_INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+_INT8 = {"INT8", "UINT8"}
 _ORT_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -82,34 +82,17 @@ def _session_options(threads: int, level: ort.GraphOptimizationLevel) -> ort.Ses
     return options
 
 
-def _copy_model(src: Path, out_dir: Path) -> list[str]:
+def _copy_model(files: OnnxFiles, src: Path, out_dir: Path) -> list[str]:
     """Copy the model (and its external data files) into ``out_dir`` as ``model.onnx``."""
-    model = onnx.load(str(src), load_external_data=False)
-    locations = sorted(
-        {
-            e.value
-            for t in model.graph.initializer
-            if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data
-            if e.key == "location"
-        }
-    )
-    if not locations:
+    if not files.external_data_files(src):
         shutil.copyfile(src, out_dir / MAIN_FILE)
         return [MAIN_FILE]
     # Re-save with one data file named after the artifact so the directory is self-contained.
-    full = onnx.load(str(src))
-    onnx.save_model(
-        full,
-        str(out_dir / MAIN_FILE),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=MAIN_FILE + ".data",
-    )
+    files.save_with_data_file(src, out_dir / MAIN_FILE)
     return [MAIN_FILE, MAIN_FILE + ".data"]
 
 
-def _precision_of(node: onnx.NodeProto, types: Mapping[str, int]) -> str:
+def _precision_of(node: GraphNode, types: Mapping[str, str]) -> str:
     if node.op_type.startswith("QLinear") or node.op_type in (
         "QuantizeLinear",
         "DequantizeLinear",
@@ -118,18 +101,52 @@ def _precision_of(node: onnx.NodeProto, types: Mapping[str, int]) -> str:
         "DynamicQuantizeLinear",
     ):
         return "int8"
-    tensors = [*node.input, *node.output]
+    tensors = [*node.inputs, *node.outputs]
     if any(types.get(t) in _INT8 for t in tensors if t):
         return "int8"
     return "fp32"
 
 
-def _fused_label(node: onnx.NodeProto) -> str:
+def _fused_label(node: GraphNode) -> str:
     """``Conv+Relu`` for ORT's FusedConv with an activation attribute, else the op type."""
-    for attr in node.attribute:
-        if attr.name == "activation" and attr.type == onnx.AttributeProto.STRING:
-            return f"{node.op_type.removeprefix('Fused')}+{attr.s.decode()}"
+    if node.activation is not None:
+        return f"{node.op_type.removeprefix('Fused')}+{node.activation}"
     return node.op_type
+
+
+def _portable(onnx_files: OnnxFiles, path: Path) -> bool:
+    if not path.is_file():
+        return False
+    return not any(node.domain == _NCHWC for node in onnx_files.nodes(path))
+
+
+def _fusion_counts(onnx_files: OnnxFiles, main: Path, optimized: Path) -> dict[str, Any]:
+    """``node_counts`` of the optimized graph (fused ops as ``Conv+Relu``) and ``fused_nodes``."""
+    counts: dict[str, int] = {}
+    source_ops = {n.op_type for n in onnx_files.nodes(main)}
+    if optimized.is_file():
+        for node in onnx_files.nodes(optimized):
+            label = _fused_label(node)
+            counts[label] = counts.get(label, 0) + 1
+    return {
+        "node_counts": dict(sorted(counts.items())),
+        # ops ONNX Runtime created that the input graph did not have (QLinearConv,
+        # Conv+Relu, QLinearAdd...): what its fusions made of the Q/DQ graph
+        "fused_nodes": {k: v for k, v in sorted(counts.items()) if k not in source_ops},
+    }
+
+
+def _node_types(nodes: list[GraphNode], declared: Mapping[str, str]) -> dict[str, str]:
+    """``declared`` element types, plus those of Q/DQ outputs, which are rarely listed in
+    value_info: derived from the ops."""
+    types = dict(declared)
+    for node in nodes:
+        if node.op_type == "QuantizeLinear" and len(node.inputs) > 2 and node.inputs[2]:
+            types.setdefault(node.outputs[0], types.get(node.inputs[2], "UNDEFINED"))
+        if node.op_type.startswith("QLinear") or node.op_type == "QuantizeLinear":
+            for out in node.outputs:
+                types.setdefault(out, "UINT8")
+    return types
 
 
 class OrtRunner(RunnerBase):
@@ -191,10 +208,22 @@ class OrtRunner(RunnerBase):
 
 
 class OnnxRuntimeBackend:
-    """The ``Backend`` facade for ONNX Runtime on the CPU."""
+    """The ``Backend`` facade for ONNX Runtime on the CPU. ``onnx_files`` does the ONNX file
+    work of ``build`` and ``inspect`` (``onnx`` lives above the backends); running needs none."""
 
     name = "onnxruntime"
     precisions: tuple[str, ...] = ("int8", "fp32")
+
+    def __init__(self, onnx_files: OnnxFiles | None = None) -> None:
+        self.onnx_files = onnx_files
+
+    def _files(self) -> OnnxFiles:
+        if self.onnx_files is None:
+            raise InternalError(
+                "the onnxruntime backend needs ONNX file tools to build or inspect: "
+                "get_backend('onnxruntime', onnx_files=...)"
+            )
+        return self.onnx_files
 
     def available(self) -> tuple[bool, str]:
         providers = ort.get_available_providers()
@@ -206,6 +235,7 @@ class OnnxRuntimeBackend:
         return str(ort.__version__)
 
     def build(self, request: BuildRequest, progress: ProgressFn = no_progress) -> BuildResult:
+        onnx_files = self._files()
         src = Path(request.onnx_path)
         out_dir = Path(request.out_dir)
         if not src.is_file():
@@ -217,7 +247,7 @@ class OnnxRuntimeBackend:
         out_dir.mkdir(parents=True, exist_ok=True)
         progress("build", 0.0, f"copying {src.name}")
         try:
-            files = _copy_model(src, out_dir)
+            files = _copy_model(onnx_files, src, out_dir)
         except Exception as exc:  # protobuf DecodeError, OSError, missing external data
             raise BuildFailed(
                 f"cannot read the model to build: {type(exc).__name__}: {exc}",
@@ -240,7 +270,7 @@ class OnnxRuntimeBackend:
         # ORT_ENABLE_ALL may emit layout ops (com.microsoft.nchwc) sized for this CPU's vector
         # width; such a file is not portable, so write the EXTENDED graph instead. (The runner
         # always loads model.onnx with ORT_ENABLE_ALL: full speed, decided on the device.)
-        if not self._portable(optimized):
+        if not _portable(onnx_files, optimized):
             session = self._optimize(main, optimized, request.threads, "ORT_ENABLE_EXTENDED")
             level_name = "ORT_ENABLE_EXTENDED"
         if optimized.is_file():
@@ -248,23 +278,14 @@ class OnnxRuntimeBackend:
         inputs = _specs(session.get_inputs())
         outputs = _specs(session.get_outputs())
         del session
-        counts: dict[str, int] = {}
-        source_ops = {n.op_type for n in onnx.load(str(main), load_external_data=False).graph.node}
-        if optimized.is_file():
-            for node in onnx.load(str(optimized), load_external_data=False).graph.node:
-                label = _fused_label(node)
-                counts[label] = counts.get(label, 0) + 1
-        progress("build", 1.0, "done")
         info = {
             "onnxruntime_version": str(ort.__version__),
             "providers": list(_PROVIDERS),
             "optimization_level": level_name,
             "precision": request.precision,
-            "node_counts": dict(sorted(counts.items())),
-            # ops ONNX Runtime created that the input graph did not have (QLinearConv,
-            # Conv+Relu, QLinearAdd...): what its fusions made of the Q/DQ graph
-            "fused_nodes": {k: v for k, v in sorted(counts.items()) if k not in source_ops},
+            **_fusion_counts(onnx_files, main, optimized),
         }
+        progress("build", 1.0, "done")
         return BuildResult(
             main_file=MAIN_FILE, files=tuple(files), inputs=inputs, outputs=outputs, info=info
         )
@@ -274,13 +295,6 @@ class OnnxRuntimeBackend:
         options = _session_options(threads, getattr(ort.GraphOptimizationLevel, level))
         options.optimized_model_filepath = str(optimized)
         return ort.InferenceSession(str(src), options, providers=_PROVIDERS)
-
-    @staticmethod
-    def _portable(path: Path) -> bool:
-        if not path.is_file():
-            return False
-        model = onnx.load(str(path), load_external_data=False)
-        return not any(node.domain == _NCHWC for node in model.graph.node)
 
     def runner(
         self, artifact_dir: Path, main_file: str, *, threads: int = 0, dla_core: int | None = None
@@ -331,19 +345,9 @@ class OnnxRuntimeBackend:
                 fix="rebuild the engine (edge-agent build)",
                 path=directory,
             )
-        model = onnx.load(str(path), load_external_data=False)
-        types: dict[str, int] = {}
-        for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-            types[vi.name] = vi.type.tensor_type.elem_type
-        for init in model.graph.initializer:
-            types[init.name] = init.data_type
-        # Q/DQ outputs/inputs are rarely listed in value_info: derive them from the ops.
-        for node in model.graph.node:
-            if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2]:
-                types.setdefault(node.output[0], types.get(node.input[2], 0))
-            if node.op_type.startswith("QLinear") or node.op_type == "QuantizeLinear":
-                for out in node.output:
-                    types.setdefault(out, onnx.TensorProto.UINT8)
+        onnx_files = self._files()
+        nodes = onnx_files.nodes(path)
+        types = _node_types(nodes, onnx_files.declared_types(path))
         return [
             {
                 "name": node.name,
@@ -351,8 +355,14 @@ class OnnxRuntimeBackend:
                 "domain": node.domain or "ai.onnx",
                 "precision": _precision_of(node, types),
             }
-            for node in model.graph.node
+            for node in nodes
         ]
 
 
 BACKEND = OnnxRuntimeBackend()
+
+
+def make_backend(onnx_files: OnnxFiles | None = None) -> OnnxRuntimeBackend:
+    """The facade for :func:`agent.backends.registry.get_backend`: with ``onnx_files`` one that
+    can build and inspect, without it :data:`BACKEND` (runners and profiling only)."""
+    return BACKEND if onnx_files is None else OnnxRuntimeBackend(onnx_files)

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import IO, Any
 
-from agent.config.schema import DeviceProfile
-
-__all__ = ["format_table", "resolve_profile"]
+__all__ = ["format_table", "positive_float", "print_json"]
 
 
-def resolve_profile(
-    name: str, profiles_dir: str | None, root: Path = Path("/")
-) -> tuple[DeviceProfile, str | None, str]:
-    """(profile, L4T release of the board under ``root``, how the profile was chosen).
+def print_json(data: Any, stream: IO[str] | None = None, *, indent: int | None = 2) -> None:
+    """``data`` as JSON (one line with ``indent=None``) on ``stream`` (default stdout), flushed."""
+    out = stream if stream is not None else sys.stdout
+    out.write(json.dumps(data, indent=indent, default=str) + "\n")
+    out.flush()
 
-    ``auto`` detects the board; any other name is loaded from the profile store.
-    """
-    from agent.config.profiles import ProfileStore, detect, read_board
 
-    store = ProfileStore(Path(profiles_dir) if profiles_dir else None)
-    if name == "auto":
-        found = detect(root, store)
-        return store.load(found.profile), found.board.l4t_release, found.reason
-    return store.load(name), read_board(root).l4t_release, f"--profile {name}"
+def positive_float(text: str) -> float:
+    """An argparse type: a float > 0."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

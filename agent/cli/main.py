@@ -1,7 +1,8 @@
 """The ``edge-agent`` command line.
 
-Each command group lives in ``agent/commands/<group>.py`` and exposes ``register(subparsers)``;
-handlers return an exit code. Errors from the exception tree are printed as one clear block on
+Each command group lives in its own module of :mod:`agent.cli` and exposes
+``register(subparsers)``; :data:`COMMAND_GROUPS` lists them in the order ``--help`` shows them.
+Handlers return an exit code. Errors from the exception tree are printed as one clear block on
 stderr with their exit code (2 for bad input) — never a traceback.
 """
 
@@ -13,20 +14,28 @@ import sys
 from collections.abc import Callable, Sequence
 
 from agent import __version__
+from agent.cli import bench, build, config, infer, inspect, monitor, ota, profile, run
 from agent.core.errors import EdgeAgentError
 from agent.core.logs import configure_logging
 
 Handler = Callable[[argparse.Namespace], int]
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+#: command group → the function that adds its commands, in ``--help`` order
+COMMAND_GROUPS: tuple[tuple[str, Register], ...] = (
+    ("validate-config", config.register),
+    ("profile", profile.register),
+    ("build", build.register),
+    ("inspect", inspect.register),
+    ("bench", bench.register),
+    ("infer", infer.register),
+    ("monitor", monitor.register),
+    ("keygen, push, ota-status", ota.register),
+    ("run", run.register),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent.cli import config as config_cmds
-    from agent.cli import engine as engine_cmds
-    from agent.cli import monitor as monitor_cmds
-    from agent.cli import ota as ota_cmds
-    from agent.cli import profile as profile_cmds
-    from agent.cli import run as run_cmds
-
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="On-device deployment agent for NVIDIA Jetson (and plain CPU hosts).",
@@ -40,12 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    config_cmds.register(sub)
-    profile_cmds.register(sub)
-    engine_cmds.register(sub)
-    monitor_cmds.register(sub)
-    ota_cmds.register(sub)
-    run_cmds.register(sub)
+    for _group, register in COMMAND_GROUPS:
+        register(sub)
     return parser
 
 

@@ -17,14 +17,17 @@ import time
 from pathlib import Path
 from typing import IO, Any, Literal, cast
 
-from agent.cli.common import format_table, resolve_profile
-from agent.config.schema import DeviceProfile
+from agent.cli.common import format_table
+from agent.config.device import DeviceProfile
+from agent.config.load import resolve_profile
 from agent.core.errors import EdgeAgentError
-from agent.monitor.governor import Governor, GovernorEvent
+from agent.monitor.governor.actions import GovernorEvent
+from agent.monitor.governor.machine import Governor
 from agent.monitor.sample import MonitorSource, Sample
 from agent.monitor.sampler import Sampler
+from agent.monitor.select import open_source
 
-__all__ = ["register", "render_table", "resolve_profile", "sample_line"]
+__all__ = ["register", "render_table", "sample_line"]
 
 _CLEAR = "\x1b[H\x1b[2J"
 _SOURCES = ("auto", "jtop", "sysfs", "host")
@@ -38,8 +41,6 @@ _ONCE_PRIME_S = 0.25
 
 
 def _open_source(profile: DeviceProfile, root: Path, prefer: str) -> MonitorSource:
-    from agent.monitor.select import open_source
-
     choice = cast(Literal["auto", "jtop", "sysfs", "host"], prefer)  # argparse choices
     return open_source(profile, root=root, prefer=choice)
 
@@ -62,6 +63,46 @@ def _fmt(value: float | None, spec: str = ".1f", unit: str = "") -> str:
     return "?" if value is None else f"{value:{spec}}{unit}"
 
 
+def _memory_rows(sample: Sample) -> list[list[str]]:
+    mem = sample.memory
+    gib = 1024.0
+    used = (
+        mem.total_mib - mem.available_mib
+        if mem.total_mib is not None and mem.available_mib is not None
+        else mem.used_mib
+    )
+    rows = [
+        [
+            "memory",
+            "ram",
+            f"{_fmt(None if used is None else used / gib, '.2f')} / "
+            f"{_fmt(None if mem.total_mib is None else mem.total_mib / gib, '.2f')} GiB "
+            f"({_fmt(mem.used_pct, '.1f', '%')})",
+        ]
+    ]
+    if mem.swap_total_mib:
+        rows.append(
+            [
+                "memory",
+                "swap",
+                f"{_fmt(None if mem.swap_used_mib is None else mem.swap_used_mib / gib, '.2f')}"
+                f" / {mem.swap_total_mib / gib:.2f} GiB",
+            ]
+        )
+    return rows
+
+
+def _governor_rows(governor: Governor) -> list[list[str]]:
+    decision = governor.decision
+    return [
+        ["governor", "state", governor.state.value],
+        ["governor", "pool size", f"{decision.pool_size} of {governor.profile.runtime.streams}"],
+        ["governor", "fps cap", _fmt(decision.fps_cap, ".1f") if decision.fps_cap else "none"],
+        ["governor", "builds", "allowed" if decision.builds_allowed else "held"],
+        ["governor", "shed frames", "yes" if decision.shed_frames else "no"],
+    ]
+
+
 def render_table(
     sample: Sample, governor: Governor, events: list[GovernorEvent], *, how: str = ""
 ) -> str:
@@ -79,31 +120,7 @@ def render_table(
     rows.append(["power", "board input", board])
     rows.extend(["power", rail, _fmt(w, ".2f", " W")] for rail, w in sorted(sample.power_w.items()))
     rows.extend(["temp", zone, _fmt(c, ".1f", " °C")] for zone, c in sorted(sample.temps_c.items()))
-    mem = sample.memory
-    gib = 1024.0
-    used = (
-        mem.total_mib - mem.available_mib
-        if mem.total_mib is not None and mem.available_mib is not None
-        else mem.used_mib
-    )
-    rows.append(
-        [
-            "memory",
-            "ram",
-            f"{_fmt(None if used is None else used / gib, '.2f')} / "
-            f"{_fmt(None if mem.total_mib is None else mem.total_mib / gib, '.2f')} GiB "
-            f"({_fmt(mem.used_pct, '.1f', '%')})",
-        ]
-    )
-    if mem.swap_total_mib:
-        rows.append(
-            [
-                "memory",
-                "swap",
-                f"{_fmt(None if mem.swap_used_mib is None else mem.swap_used_mib / gib, '.2f')}"
-                f" / {mem.swap_total_mib / gib:.2f} GiB",
-            ]
-        )
+    rows.extend(_memory_rows(sample))
     rows.append(["load", "gpu", _fmt(sample.gpu_load_pct, ".0f", "%")])
     rows.append(["load", "cpu", _fmt(sample.cpu_load_pct, ".0f", "%")])
     rows.append(["power mode", "nvpmodel", sample.power_mode or "?"])
@@ -115,16 +132,7 @@ def render_table(
             ", ".join(active) if active else ("none" if sample.throttling else "?"),
         ]
     )
-    decision = governor.decision
-    rows.append(["governor", "state", governor.state.value])
-    rows.append(
-        ["governor", "pool size", f"{decision.pool_size} of {governor.profile.runtime.streams}"]
-    )
-    rows.append(
-        ["governor", "fps cap", _fmt(decision.fps_cap, ".1f") if decision.fps_cap else "none"]
-    )
-    rows.append(["governor", "builds", "allowed" if decision.builds_allowed else "held"])
-    rows.append(["governor", "shed frames", "yes" if decision.shed_frames else "no"])
+    rows.extend(_governor_rows(governor))
     lines.append(format_table(["KIND", "NAME", "VALUE"], rows))
     lines.extend(f"event: {e.action}: {e.reason}" for e in events)
     return "\n".join(lines)

@@ -6,6 +6,9 @@
   fetched from ``--url``, from a local server (``--serve``), or sent inline as MQTT chunks.
 * ``ota-status --state-dir DIR`` — the device's OTA journal, committed versions and
   high-water marks.
+
+The operator-side work lives in :mod:`agent.fleet` (keygen, publish, server); this module only
+turns arguments into requests and results into output.
 """
 
 from __future__ import annotations
@@ -13,33 +16,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from agent.cli.common import print_json
+from agent.config.load import load_run_config
 from agent.core.errors import OtaError
-
-_MIB = 1024 * 1024
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    sys.stdout.flush()
-
+from agent.fleet.keygen import generate_keypair
+from agent.fleet.publish import (
+    GoldenRequest,
+    PushRequest,
+    ServeRequest,
+    plan_push,
+    sign_and_publish,
+    start_payload,
+)
+from agent.fleet.server import BundleServer
+from agent.ota.manifest import Compat
+from agent.ota.store import VersionStore
 
 # ---------------------------------------------------------------------------- keygen
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from agent.ota.trust import generate_keypair
-
-    priv, pub, kid = generate_keypair(Path(args.out), args.name)
+    pair = generate_keypair(Path(args.out), args.name)
     if args.json:
-        _print_json({"private_key": str(priv), "public_key": str(pub), "key_id": kid})
+        print_json(
+            {
+                "private_key": str(pair.private_key),
+                "public_key": str(pair.public_key),
+                "key_id": pair.key_id,
+            }
+        )
     else:
-        print(f"private key: {priv}  (keep it secret; mode 0600)")
-        print(f"public key:  {pub}  (copy it into each device's ota.trust_dir)")
-        print(f"key id:      {kid}")
+        print(f"private key: {pair.private_key}  (keep it secret; mode 0600)")
+        print(f"public key:  {pair.public_key}  (copy it into each device's ota.trust_dir)")
+        print(f"key id:      {pair.key_id}")
     return 0
 
 
@@ -50,120 +62,45 @@ def _csv(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
-def _cmd_push(args: argparse.Namespace) -> int:
-    from agent.engine.bundle import load_bundle
-    from agent.fleet.push import (
-        BundleServer,
-        bundle_files,
-        chunk_messages,
-        golden_files,
-        make_manifest,
-        ota_topic,
-        parse_duration,
-    )
-    from agent.ota.manifest import Compat, Golden, Payload, manifest_sha256, sign_manifest
-    from agent.ota.trust import load_private_key
-
-    bundle_dir = Path(args.bundle)
-    bundle = load_bundle(bundle_dir)
-    key = load_private_key(Path(args.key))
-    files = bundle_files(bundle_dir)
+def _push_request(args: argparse.Namespace) -> PushRequest:
     golden = None
     if args.golden:
-        extra, cases = golden_files(Path(args.golden))
-        clash = sorted(set(extra) & set(files))
-        if clash:
-            raise OtaError(
-                f"golden files clash with bundle files {clash}",
-                reason="usage",
-                fix="remove the bundle's own golden/ folder or rename the golden files",
-            )
-        files.update(extra)
-        golden = Golden(
-            input_name=bundle.config.input.name,
-            output_name=bundle.config.output.name,
-            cases=cases,
-            atol=args.golden_atol,
-            rtol=args.golden_rtol,
-        )
-    total = sum(p.stat().st_size for p in files.values())
-    topic = ota_topic(args.fleet, device=args.device, group=args.group)
-    if args.inline and total > args.max_inline_mib * _MIB:
-        raise OtaError(
-            f"bundle is {total / _MIB:.1f} MiB, above --max-inline-mib {args.max_inline_mib}",
-            reason="usage",
-            fix="serve it with --url or --serve instead of --inline",
-        )
-    if args.serve and not args.mqtt_url and args.out is None:
-        raise OtaError(
-            "--serve needs --mqtt-url (or --out) so that devices learn about the push",
-            reason="usage",
-            fix="add --mqtt-url mqtt://broker:1883 or --out manifest.json",
-        )
+        golden = GoldenRequest(Path(args.golden), atol=args.golden_atol, rtol=args.golden_rtol)
+    return PushRequest(
+        bundle_dir=Path(args.bundle),
+        key_path=Path(args.key),
+        version=args.version,
+        fleet=args.fleet,
+        device=args.device,
+        group=args.group,
+        source="serve" if args.serve else "inline" if args.inline else "url",
+        url=args.url,
+        serve=ServeRequest(args.host, args.port, args.advertise_host),
+        expires_in=args.expires_in,
+        compat=Compat(
+            profiles=_csv(args.profiles),
+            families=_csv(args.families),
+            min_tensorrt=args.min_tensorrt,
+            min_jetpack=args.min_jetpack,
+        ),
+        golden=golden,
+        chunk_kib=args.chunk_kib,
+        max_inline_mib=args.max_inline_mib,
+        mqtt_url=args.mqtt_url,
+        out=Path(args.out) if args.out else None,
+    )
 
-    server: BundleServer | None = None
-    if args.serve:
-        server = BundleServer(
-            files, host=args.host, port=args.port, advertise_host=args.advertise_host
-        ).start()
-        payload = Payload(kind="url", base_url=server.base_url)
-    elif args.inline:
-        payload = Payload(kind="inline", chunk_size=args.chunk_kib * 1024)
-    else:
-        payload = Payload(kind="url", base_url=args.url)
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    request = _push_request(args)
+    plan = plan_push(request)
+    payload, server = start_payload(request, plan)
     try:
-        manifest = make_manifest(
-            files,
-            name=bundle.config.name,
-            version=args.version,
-            fleet=args.fleet,
-            device=args.device,
-            group=args.group,
-            payload=payload,
-            expires_in_s=parse_duration(args.expires_in),
-            compat=Compat(
-                profiles=_csv(args.profiles),
-                families=_csv(args.families),
-                min_tensorrt=args.min_tensorrt,
-                min_jetpack=args.min_jetpack,
-            ),
-            golden=golden,
-        )
-        envelope = sign_manifest(manifest, [key])
-        data = json.dumps(envelope, separators=(",", ":")).encode("utf-8")
-        if args.out:
-            from agent.core.fsutil import atomic_write_json
-
-            atomic_write_json(Path(args.out), envelope)
-        published = 0
-        if args.mqtt_url:
-            from agent.comms.mqtt import publish_once  # pyright: ignore[reportMissingImports]
-            from agent.config.schema import MqttConfig
-
-            mqtt = MqttConfig(enabled=True, url=args.mqtt_url)
-            publish_once(mqtt, topic, data, qos=1)  # pyright: ignore[reportUnknownVariableType]
-            published = 1
-            if args.inline:
-                for chunk in chunk_messages(manifest, envelope["manifest"], files):
-                    publish_once(mqtt, topic, chunk, qos=1)
-                    published += 1
-        summary = {
-            "model": manifest.name,
-            "version": manifest.version,
-            "topic": topic,
-            "manifest_sha256": manifest_sha256(envelope["manifest"]),
-            "files": len(manifest.files),
-            "bytes": manifest.total_size,
-            "payload": payload.kind,
-            "base_url": payload.base_url,
-            "expires": manifest.expires,
-            "published_messages": published,
-            "out": args.out,
-        }
+        result = sign_and_publish(request, plan, payload)
         if not args.mqtt_url and not args.out:
-            _print_json(envelope)
+            print_json(result.envelope)
         else:
-            _print_json(summary)
+            print_json(result.summary(args.out))
         if server is not None:
             _serve(server, args.serve_for)
     finally:
@@ -172,16 +109,14 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(server: Any, seconds: float) -> None:
+def _serve(server: BundleServer, seconds: float) -> None:
     print(
         f"serving {len(server.files)} files at {server.base_url} for {seconds:g} s (Ctrl-C stops)",
         file=sys.stderr,
         flush=True,
     )
-    deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        server.serve_for(seconds)
     except KeyboardInterrupt:
         print("stopped serving", file=sys.stderr)
 
@@ -189,14 +124,8 @@ def _serve(server: Any, seconds: float) -> None:
 # ---------------------------------------------------------------------------- status
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    from agent.ota.store import VersionStore
-
-    state_dir = Path(args.state_dir) if args.state_dir else None
-    if state_dir is None:
-        from agent.cli.run import load_run_config
-
-        state_dir = load_run_config(Path(args.config)).state_dir.expanduser()
+def _read_state(state_dir: Path) -> tuple[VersionStore, Any, Any]:
+    """(store, journal without its envelope or None, high-water marks) under ``state_dir``."""
     root = state_dir / "ota"
     if not root.is_dir():
         raise OtaError(
@@ -219,17 +148,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
             fix="check the files under state_dir/ota (journal.json, hwm.json)",
             path=root,
         ) from exc
-    report = {
-        "journal": journal,
-        "committed": {k: v.to_json() for k, v in store.committed_all().items()},
-        "high_water": hwm,
-        "installed": {
-            p.name: store.versions(p.name) for p in sorted(store.models_dir.iterdir()) if p.is_dir()
-        },
-    }
-    if args.json:
-        _print_json(report)
-        return 0
+    return store, journal, hwm
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    journal, hwm = report["journal"], report["high_water"]
     if journal:
         print(
             f"last update: {journal.get('model')} v{journal.get('version')} "
@@ -246,6 +169,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"committed:   {name} v{entry['version']} ({entry['bundle_dir']})")
     for name, versions in report["installed"].items():
         print(f"installed:   {name} {versions} (high-water {hwm.get(name, 0)})")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if state_dir is None:
+        state_dir = load_run_config(Path(args.config)).state_dir.expanduser()
+    store, journal, hwm = _read_state(state_dir)
+    report = {
+        "journal": journal,
+        "committed": {k: v.to_json() for k, v in store.committed_all().items()},
+        "high_water": hwm,
+        "installed": {
+            p.name: store.versions(p.name) for p in sorted(store.models_dir.iterdir()) if p.is_dir()
+        },
+    }
+    if args.json:
+        print_json(report)
+        return 0
+    _print_status(report)
     return 0
 
 
@@ -253,6 +195,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``keygen``, ``push`` and ``ota-status`` to the ``edge-agent`` parser."""
+    _register_keygen(sub)
+    _register_push(sub)
+    _register_status(sub)
+
+
+def _register_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kg = sub.add_parser(
         "keygen",
         help="make an Ed25519 key pair for signing model pushes",
@@ -264,6 +213,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kg.add_argument("--json", action="store_true")
     kg.set_defaults(handler=_cmd_keygen)
 
+
+def _register_push(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "push",
         help="sign and publish a model bundle to a device or group over MQTT",
@@ -309,6 +260,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", default=None, help="also write the signed envelope to this file")
     p.set_defaults(handler=_cmd_push)
 
+
+def _register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     st = sub.add_parser(
         "ota-status",
         help="show the device's OTA journal, committed versions and high-water marks",

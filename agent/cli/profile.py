@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from agent.cli.common import format_table
-from agent.config.profiles import ProfileStore, detect
+from agent.config.profiles.detect import detect
+from agent.config.profiles.store import ProfileStore
 
 
 def _store(args: argparse.Namespace) -> ProfileStore:

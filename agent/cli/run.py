@@ -1,11 +1,11 @@
-"""``edge-agent run``: the agent's daemon (:mod:`agent.app.daemon`) from the command line.
+"""``edge-agent run``: the agent's daemon (:mod:`agent.app.lifecycle`) from the command line.
 
 With no arguments it runs the embedded default (``agent/data/agent.default.yaml``): the CPU
 profile, the bundled detector and the bundled sample video. A stats line (fps per source,
 latency p50/p99 per stage, drops) is logged every ``--stats-interval`` seconds as a JSON line on
 stdout (journald keeps it); SIGINT/SIGTERM stop the sources, drain in-flight frames and exit 0;
 SIGHUP reloads the configuration. Under systemd it speaks sd_notify (READY, STATUS, WATCHDOG,
-STOPPING, RELOADING). Exit codes: see :class:`agent.app.daemon.ExitCode`.
+STOPPING, RELOADING). Exit codes: see :class:`agent.app.exits.ExitCode`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.app.daemon import Daemon, DaemonOptions, RunError, default_config_path, load_run_config
+from pydantic import ValidationError
 
-__all__ = ["RunError", "default_config_path", "load_run_config", "options_from_args", "register"]
+from agent.app.exits import RunError
+from agent.app.runconfig import DaemonOptions
+from agent.app.service import build_service
+from agent.cli.progress import ProgressPrinter
+from agent.config.broker import MqttConfig
+
+__all__ = ["RunError", "options_from_args", "register"]
 
 
 def options_from_args(args: argparse.Namespace) -> DaemonOptions:
     """The daemon's options from ``edge-agent run``'s arguments."""
-    from agent.cli.engine import ProgressPrinter
-
     return DaemonOptions(
         config_path=Path(args.config) if args.config else None,
         profile=args.profile,
@@ -47,10 +51,6 @@ def options_from_args(args: argparse.Namespace) -> DaemonOptions:
 
 
 def _mqtt_url(text: str) -> str:
-    from pydantic import ValidationError
-
-    from agent.config.schema import MqttConfig
-
     try:
         MqttConfig(url=text)
     except ValidationError as exc:
@@ -62,7 +62,7 @@ def _mqtt_url(text: str) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    return Daemon(options_from_args(args)).run()
+    return build_service(options_from_args(args)).run()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -105,6 +105,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="pace file sources at their own frame rate (live-camera behaviour)",
     )
+    _add_output_args(parser)
+    parser.set_defaults(handler=_cmd_run)
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    """Results, monitor, MQTT and log-level options of ``run``."""
     parser.add_argument("--jsonl", default=None, help="append every result to this JSONL file")
     parser.add_argument("--snapshots", default=None, help="write annotated JPEGs into this dir")
     parser.add_argument("--print-results", action="store_true", help="one line per result")
@@ -132,4 +138,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=["debug", "info", "warning", "error"],
         help="override the config's logging.level",
     )
-    parser.set_defaults(handler=_cmd_run)

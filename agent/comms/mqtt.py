@@ -4,145 +4,48 @@
 ``loop_start``). Its callbacks only check reason codes and hand events to the owner's
 callbacks, which must themselves only enqueue. A session counts as connected only after a
 successful CONNACK; subscriptions are (re)made in ``on_connect``. Reconnects back off
-exponentially from ``reconnect_min_s`` to ``reconnect_max_s`` with jitter. ``protocol: auto``
-tries MQTT 5 and rebuilds the client for 3.1.1 when the broker refuses version 5.
+exponentially from ``reconnect_min_s`` to ``reconnect_max_s`` with jitter
+(:mod:`agent.comms.backoff`). ``protocol: auto`` tries MQTT 5 and rebuilds the client for 3.1.1
+when the broker refuses version 5.
 
 :func:`publish_once` is a blocking one-shot publish for the fleet-side ``edge-agent push``.
+URL parsing, TLS and failure diagnosis live beside this module (endpoint, tls, diagnose).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import random
-import re
-import socket
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config.schema import MqttConfig
+from agent.comms.backoff import jittered_base_s
+from agent.comms.diagnose import (
+    connect_error,
+    connection_refused_error,
+    message_refused_error,
+    no_ack_error,
+    no_connack_error,
+)
+from agent.comms.endpoint import Will, parse_url
+from agent.comms.tls import tls_context
+from agent.config.broker import MqttConfig
 from agent.core.closing import Closeable
 from agent.core.errors import CommsError
 from agent.core.logs import log_fields
+from agent.core.redact import redact_text
 
 log = logging.getLogger(__name__)
 
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK "Unsupported protocol version" (paho maps v3 rc=1 to it)
-
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-def redact_url(url: str) -> str:
-    """``mqtt://user:secret@host`` → ``mqtt://***@host``."""
-    return re.sub(r"//[^/@]*@", "//***@", url)
-
-
-def parse_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) of an ``mqtt://`` / ``mqtts://`` URL."""
-    match = re.match(r"^(mqtts?)://(?:[^/@]*@)?([^\s/:]+)(?::(\d{1,5}))?/?$", url)
-    if not match:
-        raise CommsError(
-            f"broker url {redact_url(url)!r} is not mqtt://host:port or mqtts://host:port",
-            fix="set mqtt.url to e.g. mqtts://broker.example.com:8883",
-        )
-    tls = match.group(1) == "mqtts"
-    port = int(match.group(3) or (8883 if tls else 1883))
-    if not 1 <= port <= 65535:
-        raise CommsError(
-            f"broker url {redact_url(url)!r}: port {port} is not in 1..65535",
-            fix="set mqtt.url to e.g. mqtt://127.0.0.1:1883",
-        )
-    return match.group(2), port, tls
-
-
-def _check_file(path: Path, key: str) -> None:
-    if not path.is_file():
-        raise CommsError(
-            f"{key}: file {path} does not exist",
-            fix=f"create it or point {key} at the right PEM file",
-        )
-    if not os.access(path, os.R_OK):
-        raise CommsError(
-            f"{key}: file {path} is not readable by this user",
-            fix=f"fix the permissions of {path} (the agent's user must read it)",
-        )
-
-
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
-    """The TLS context for ``cfg`` (None for plain mqtt://); files are checked and loaded here,
-    so a missing or bad file is a :class:`CommsError` naming the file and its config key."""
-    _, _, use_tls = parse_url(cfg.url)
-    if not use_tls:
-        return None
-    tls = cfg.tls
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls is not None and tls.ca_file is not None:
-        _check_file(tls.ca_file, "mqtt.tls.ca_file")
-        try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        except (ssl.SSLError, ValueError) as err:
-            raise CommsError(
-                f"mqtt.tls.ca_file: {tls.ca_file} is not a PEM CA certificate ({err})",
-                fix="point mqtt.tls.ca_file at the PEM file of the CA that signed the broker",
-            ) from err
-    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
-        _check_file(tls.cert_file, "mqtt.tls.cert_file")
-        _check_file(tls.key_file, "mqtt.tls.key_file")
-        try:
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        except (ssl.SSLError, ValueError) as err:
-            raise CommsError(
-                f"mqtt.tls.cert_file/key_file: cannot load {tls.cert_file} with {tls.key_file} "
-                f"({err})",
-                fix="use a PEM client certificate and its matching unencrypted PEM key",
-            ) from err
-    check = True if tls is None else tls.check_hostname
-    ctx.check_hostname = check
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
-def diagnose_connection(cfg: MqttConfig, timeout_s: float = 5.0) -> str | None:
-    """Open one TCP (and TLS) connection to the broker and describe why it fails, or None
-    when it works. Turns paho's silent connect retries into a clear error."""
-    host, port, _ = parse_url(cfg.url)
-    try:
-        ctx = tls_context(cfg)
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            if ctx is not None:
-                with ctx.wrap_socket(sock, server_hostname=host):
-                    pass
-        return None
-    except ssl.SSLCertVerificationError as err:
-        return (
-            f"the broker's certificate was refused: {err.verify_message} "
-            "(check mqtt.tls.ca_file and the broker's hostname)"
-        )
-    except ssl.SSLError as err:
-        return f"TLS handshake with {host}:{port} failed: {err.reason or err}"
-    except CommsError as err:
-        return str(err)
-    except OSError as err:
-        return f"cannot reach the broker at {host}:{port}: {err.strerror or err}"
 
 
 def _protocol_of(cfg: MqttConfig) -> MQTTProtocolVersion:
@@ -165,10 +68,6 @@ def _new_paho(
         if not ctx.check_hostname:
             client.tls_insecure_set(True)
     return client
-
-
-def _reason_text(rc: ReasonCode | int) -> str:
-    return str(rc) if isinstance(rc, ReasonCode) else paho.error_string(rc)
 
 
 class MqttClient(Closeable):
@@ -216,8 +115,6 @@ class MqttClient(Closeable):
         self.connects = 0
         self.last_error: str | None = None
 
-    # ------------------------------------------------------------------ lifecycle
-
     def start(self) -> None:
         """Check the TLS files, then connect in the background (returns at once)."""
         self._ctx = tls_context(self.cfg)
@@ -245,9 +142,9 @@ class MqttClient(Closeable):
         log.info(
             "mqtt connecting",
             extra=log_fields(
-                url=redact_url(self.cfg.url),
+                url=redact_text(self.cfg.url),
                 client_id=self.client_id,
-                protocol="5" if self._protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1",
+                protocol=self.protocol,
             ),
         )
 
@@ -268,8 +165,6 @@ class MqttClient(Closeable):
         client.loop_stop()
         self._connected.clear()
 
-    # ------------------------------------------------------------------ state
-
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -280,8 +175,6 @@ class MqttClient(Closeable):
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
-
-    # ------------------------------------------------------------------ publish
 
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
@@ -311,15 +204,8 @@ class MqttClient(Closeable):
         except (RuntimeError, ValueError):
             return False
 
-    # ------------------------------------------------------------------ paho callbacks
-
     def _paho_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Any,
+        self, client: paho.Client, _u: Any, _f: Any, reason_code: ReasonCode, _p: Any
     ) -> None:
         if reason_code.is_failure:
             self._connected.clear()
@@ -334,7 +220,7 @@ class MqttClient(Closeable):
             else:
                 log.error(
                     "mqtt connection refused",
-                    extra=log_fields(reason=str(reason_code), url=redact_url(self.cfg.url)),
+                    extra=log_fields(reason=str(reason_code), url=redact_text(self.cfg.url)),
                 )
             return
         if self.subscriptions:
@@ -344,7 +230,7 @@ class MqttClient(Closeable):
         self._connected.set()
         log.info(
             "mqtt connected",
-            extra=log_fields(url=redact_url(self.cfg.url), protocol=self.protocol),
+            extra=log_fields(url=redact_text(self.cfg.url), protocol=self.protocol),
         )
         if self._on_connected is not None:
             self._on_connected()
@@ -361,20 +247,13 @@ class MqttClient(Closeable):
             self._build()
 
     def _paho_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Any,
+        self, client: paho.Client, _u: Any, _f: Any, reason_code: ReasonCode, _p: Any
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was:
-            # Jitter: losing a session re-draws the base delay that paho then doubles on every
-            # failed attempt (up to reconnect_max_s), so a fleet does not reconnect in lockstep.
             # Only here: reconnect_delay_set also resets paho's doubling.
-            base = self.cfg.reconnect_min_s * random.uniform(0.5, 1.5)
+            base = jittered_base_s(self.cfg.reconnect_min_s)
             client.reconnect_delay_set(
                 min_delay=cast(int, base), max_delay=cast(int, self.cfg.reconnect_max_s)
             )
@@ -395,15 +274,76 @@ class MqttClient(Closeable):
             self._on_message(message.topic, bytes(message.payload))
 
     def _paho_publish(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Any,
+        self, client: paho.Client, _u: Any, mid: int, reason_code: ReasonCode, _p: Any
     ) -> None:
         if self._on_published is not None:
             self._on_published(mid, not reason_code.is_failure, str(reason_code))
+
+
+class _OneShot:
+    """One connection attempt of :func:`publish_once` with one protocol version."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        client_id: str,
+        protocol: MQTTProtocolVersion,
+        ctx: ssl.SSLContext | None,
+        timeout_s: float,
+    ) -> None:
+        self.client = _new_paho(cfg, client_id, protocol, ctx)
+        self.client.connect_timeout = max(0.5, timeout_s)
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+        self.keepalive = max(5, cfg.keepalive_s)
+        self.connack: ReasonCode | None = None
+        self.ack: ReasonCode | None = None
+        self.got_connack = threading.Event()
+        self.got_ack = threading.Event()
+
+    def _on_connect(self, c: paho.Client, u: Any, f: Any, rc: ReasonCode, p: Any) -> None:
+        self.connack = rc
+        self.got_connack.set()
+
+    def _on_publish(self, c: paho.Client, u: Any, mid: int, rc: ReasonCode, p: Any) -> None:
+        self.ack = rc
+        self.got_ack.set()
+
+    def connect(self, host: str, port: int) -> None:
+        try:
+            self.client.connect(host, port, keepalive=self.keepalive)
+        except OSError as err:  # ssl errors are OSErrors too
+            raise connect_error(err, host, port) from err
+        self.client.loop_start()
+
+    def wait_connack(self, deadline: float, where: str, timeout_s: float) -> ReasonCode:
+        if not self.got_connack.wait(max(0.0, deadline - time.monotonic())):
+            raise no_connack_error(where, timeout_s)
+        assert self.connack is not None
+        return self.connack
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool,
+        deadline: float,
+        timeout_s: float,
+    ) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+        if qos > 0 and not self.got_ack.wait(max(0.0, deadline - time.monotonic())):
+            raise no_ack_error(topic, timeout_s)
+        if self.ack is not None and self.ack.is_failure:
+            raise message_refused_error(topic, str(self.ack))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        self.client.loop_stop()
 
 
 def publish_once(
@@ -434,91 +374,20 @@ def publish_once(
     cid = client_id or f"edge-agent-push-{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + timeout_s
     for protocol in protocols:
-        client = _new_paho(cfg, cid, protocol, ctx)
-        client.connect_timeout = max(0.5, timeout_s)
-        connack: dict[str, ReasonCode] = {}
-        acked: dict[str, ReasonCode] = {}
-        got_connack, got_ack = threading.Event(), threading.Event()
-
-        def on_connect(
-            c: paho.Client,
-            u: Any,
-            f: Any,
-            rc: ReasonCode,
-            p: Any,
-            _store: dict[str, ReasonCode] = connack,
-            _ev: threading.Event = got_connack,
-        ) -> None:
-            _store["rc"] = rc
-            _ev.set()
-
-        def on_publish(
-            c: paho.Client,
-            u: Any,
-            mid: int,
-            rc: ReasonCode,
-            p: Any,
-            _store: dict[str, ReasonCode] = acked,
-            _ev: threading.Event = got_ack,
-        ) -> None:
-            _store["rc"] = rc
-            _ev.set()
-
-        client.on_connect = on_connect
-        client.on_publish = on_publish
+        shot = _OneShot(cfg, cid, protocol, ctx, timeout_s)
+        shot.connect(host, port)
         try:
-            client.connect(host, port, keepalive=max(5, cfg.keepalive_s))
-        except ssl.SSLCertVerificationError as err:
-            raise CommsError(
-                f"TLS: the broker's certificate at {host}:{port} was refused: {err.verify_message}",
-                fix="set mqtt.tls.ca_file to the CA that signed the broker's certificate and "
-                "connect with the hostname in its subjectAltName",
-            ) from err
-        except ssl.SSLError as err:
-            raise CommsError(
-                f"TLS handshake with {host}:{port} failed: {err.reason or err}",
-                fix="check mqtt.tls (client certificate, key, CA) against the broker",
-            ) from err
-        except OSError as err:
-            raise CommsError(
-                f"cannot connect to the broker at {host}:{port}: {err.strerror or err}",
-                fix="check mqtt.url and that the broker is running and reachable",
-            ) from err
-        client.loop_start()
-        try:
-            if not got_connack.wait(max(0.0, deadline - time.monotonic())):
-                raise CommsError(
-                    f"no CONNACK from {host}:{port} within {timeout_s:g} s",
-                    fix="check the broker and the network, or raise mqtt.publish_timeout_s",
-                )
-            rc = connack["rc"]
+            rc = shot.wait_connack(deadline, f"{host}:{port}", timeout_s)
             if rc.is_failure:
                 if rc.value == _UNSUPPORTED_PROTOCOL and protocol is not protocols[-1]:
                     continue
-                raise CommsError(
-                    f"the broker refused the connection: {rc}",
-                    fix="check mqtt.username/password or the client certificate, and the "
-                    "broker's ACL",
-                )
-            info = client.publish(topic, payload, qos=qos, retain=retain)
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
-            if qos > 0 and not got_ack.wait(max(0.0, deadline - time.monotonic())):
-                raise CommsError(
-                    f"the broker did not acknowledge the message on {topic} within {timeout_s:g} s",
-                    fix="check the broker, or raise mqtt.publish_timeout_s",
-                )
-            ack = acked.get("rc")
-            if ack is not None and ack.is_failure:
-                raise CommsError(
-                    f"the broker refused the message on {topic}: {ack}",
-                    fix="check the broker's ACL for this client's identity and topic",
-                )
+                raise connection_refused_error(str(rc))
+            shot.publish(
+                topic, payload, qos=qos, retain=retain, deadline=deadline, timeout_s=timeout_s
+            )
             return
         finally:
-            with contextlib.suppress(Exception):
-                client.disconnect()
-            client.loop_stop()
+            shot.close()
     raise CommsError(  # pragma: no cover - the loop always returns or raises
         "could not publish", fix="check the broker"
     )

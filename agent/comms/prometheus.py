@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from agent.config.schema import PrometheusConfig
+from agent.config.agent import PrometheusConfig
 from agent.core.closing import Closeable
 from agent.core.errors import CommsError
 from agent.core.logs import log_fields

@@ -1,30 +1,30 @@
-"""MQTT topic names and typed JSON payloads (see ``docs/telemetry.md``).
+"""Every MQTT topic string of the agent (see ``docs/telemetry.md``): ``edge/<fleet>/<device>/...``
+for one device and ``edge/<fleet>/group/<group>/ota`` for a group's OTA pushes.
 
-Every payload is a JSON object with a ``schema`` string ``edge-agent/<kind>/<major>``; a consumer
-accepts the majors it knows and ignores unknown fields. The builders take plain dicts from the
-daemon, validate them (unknown keys are errors, like the config) and return compact JSON bytes.
+The message bodies on these topics are built in :mod:`agent.comms.payloads`.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from agent.core.errors import CommsError
-
-SCHEMA_STATE = "edge-agent/state/1"
-SCHEMA_METRICS = "edge-agent/metrics/1"
-SCHEMA_EVENT = "edge-agent/event/1"
-SCHEMA_DETECTIONS = "edge-agent/detections/1"
-SCHEMA_MODEL = "edge-agent/model/1"
-SCHEMA_CMD_RESPONSE = "edge-agent/cmd-response/1"
 
 RESPONSE = "response"
 """The command-topic leaf that carries responses (never a command name)."""
+
+
+def device_base(fleet: str, device: str) -> str:
+    """``edge/<fleet>/<device>``: the prefix of every topic of one device."""
+    return f"edge/{fleet}/{device}"
+
+
+def device_ota_topic(fleet: str, device: str) -> str:
+    """``edge/<fleet>/<device>/ota``: OTA pushes to one device."""
+    return f"{device_base(fleet, device)}/ota"
+
+
+def group_ota_topic(fleet: str, group: str) -> str:
+    """``edge/<fleet>/group/<group>/ota``: OTA pushes to every device of a group."""
+    return f"edge/{fleet}/group/{group}/ota"
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Topics:
 
     @property
     def base(self) -> str:
-        return f"edge/{self.fleet}/{self.device}"
+        return device_base(self.fleet, self.device)
 
     @property
     def state(self) -> str:
@@ -61,11 +61,11 @@ class Topics:
 
     @property
     def ota(self) -> str:
-        return f"{self.base}/ota"
+        return device_ota_topic(self.fleet, self.device)
 
     @property
     def group_ota(self) -> str | None:
-        return None if self.group is None else f"edge/{self.fleet}/group/{self.group}/ota"
+        return None if self.group is None else group_ota_topic(self.fleet, self.group)
 
     @property
     def cmd_filter(self) -> str:
@@ -88,197 +88,3 @@ class Topics:
 
     def is_ota(self, topic: str) -> bool:
         return topic == self.ota or (self.group_ota is not None and topic == self.group_ota)
-
-
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class LatencyMs(_Payload):
-    p50: float | None = Field(default=None, ge=0, description="Median latency, ms.")
-    p90: float | None = Field(default=None, ge=0, description="90th percentile, ms.")
-    p99: float | None = Field(default=None, ge=0, description="99th percentile, ms.")
-
-
-class SourceMetrics(_Payload):
-    state: str = Field(description="Source state machine state (e.g. running, stalled).")
-    fps: float = Field(default=0.0, ge=0, description="Frames served per second.")
-    latency_ms: LatencyMs = Field(default_factory=LatencyMs, description="End-to-end latency.")
-    drops: int = Field(default=0, ge=0, description="Frames dropped since start (counter).")
-    frames: int = Field(default=0, ge=0, description="Frames served since start (counter).")
-
-
-class MemoryMetrics(_Payload):
-    used_mib: float = Field(ge=0, description="Used memory, MiB (shared CPU/GPU on Jetson).")
-    total_mib: float = Field(ge=0, description="Total memory, MiB.")
-    used_pct: float | None = Field(default=None, ge=0, le=100, description="Used, percent.")
-
-
-class ModelInfo(_Payload):
-    name: str = Field(description="Active model name.")
-    version: int | None = Field(default=None, ge=0, description="Bundle version.")
-    precision: str | None = Field(default=None, description="int8 | fp16 | fp32.")
-    engine_hash: str | None = Field(default=None, description="SHA-256 of the serving engine.")
-
-
-class CommsInfo(_Payload):
-    spooled: int = Field(ge=0, description="Messages in the spool, not yet acknowledged.")
-    dropped: int = Field(ge=0, description="Messages dropped because the spool was full.")
-    sent: int = Field(ge=0, description="Spooled messages acknowledged since start.")
-
-
-class GovernorInfo(_Payload):
-    state: str = Field(description="Governor level (normal, throttled, critical...).")
-    workers: int | None = Field(default=None, ge=0, description="Worker streams allowed.")
-    fps_cap: float | None = Field(default=None, ge=0, description="Current fps cap.")
-    builds_allowed: bool | None = Field(default=None, description="Engine builds admitted.")
-
-
-class MetricsBody(_Payload):
-    """What the daemon passes to ``publish_metrics`` (all optional but ``sources``)."""
-
-    uptime_s: float | None = Field(default=None, ge=0, description="Agent uptime, s.")
-    sources: dict[str, SourceMetrics] = Field(default_factory=dict, description="Per source.")
-    stages_ms: dict[str, float] = Field(
-        default_factory=dict, description="Median (p50) time per pipeline stage, ms."
-    )
-    power_w: float | None = Field(default=None, ge=0, description="Board input power, W.")
-    temperatures_c: dict[str, float] = Field(default_factory=dict, description="Thermal zones, °C.")
-    memory: MemoryMetrics | None = Field(default=None, description="Memory use.")
-    gpu_load_pct: float | None = Field(default=None, ge=0, le=100, description="GPU load, %.")
-    fps_per_w: float | None = Field(default=None, ge=0, description="Total fps / power_w.")
-    model: ModelInfo | None = Field(default=None, description="Serving model (the first).")
-    models: dict[str, ModelInfo] = Field(
-        default_factory=dict, description="Every served model, by name."
-    )
-    governor: GovernorInfo | None = Field(default=None, description="Governor state.")
-    comms: CommsInfo | None = Field(default=None, description="Store-and-forward counters.")
-
-
-def _dump(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-
-
-def _validate(model: type[_Payload], data: dict[str, Any], what: str) -> dict[str, Any]:
-    try:
-        return model.model_validate(data).model_dump(exclude_none=True)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise CommsError(
-            f"invalid {what} payload: {loc}: {first['msg']}",
-            fix="pass only the documented fields (docs/telemetry.md) with their types",
-        ) from err
-
-
-def state_payload(
-    state: Literal["online", "offline"],
-    *,
-    device: str,
-    boot: int,
-    reason: str | None = None,
-    ts: float | None = None,
-    version: str | None = None,
-) -> bytes:
-    """Retained ``.../state``: birth (online) or last will / clean shutdown (offline)."""
-    doc: dict[str, Any] = {
-        "schema": SCHEMA_STATE,
-        "state": state,
-        "device": device,
-        "boot": boot,
-        "ts": round(time.time() if ts is None else ts, 3),
-    }
-    if reason is not None:
-        doc["reason"] = reason
-    if version is not None:
-        doc["version"] = version
-    return _dump(doc)
-
-
-def validate_metrics(body: dict[str, Any]) -> dict[str, Any]:
-    """The metrics dict checked against :class:`MetricsBody` (CommsError on unknown fields)."""
-    return _validate(MetricsBody, body, "metrics")
-
-
-def metrics_payload(
-    body: dict[str, Any], *, device: str, boot: int, seq: int, ts: float, validate: bool = True
-) -> bytes:
-    """``.../metrics``: the daemon's figures plus schema, device, boot, seq, ts."""
-    doc = validate_metrics(body) if validate else body
-    return _dump(
-        {"schema": SCHEMA_METRICS, "device": device, "boot": boot, "seq": seq, "ts": ts, **doc}
-    )
-
-
-def event_payload(
-    kind: str, data: dict[str, Any], *, device: str, boot: int, seq: int, ts: float
-) -> bytes:
-    """``.../events``: ``kind`` (e.g. ``source.state``) and free-form JSON ``data``."""
-    if not kind or len(kind) > 64:
-        raise CommsError(f"event kind {kind!r} is empty or too long", fix="use a short dotted name")
-    return _dump(
-        {
-            "schema": SCHEMA_EVENT,
-            "device": device,
-            "boot": boot,
-            "seq": seq,
-            "ts": ts,
-            "kind": kind,
-            "data": data,
-        }
-    )
-
-
-def detections_payload(
-    source: str,
-    detections: list[dict[str, Any]],
-    *,
-    device: str,
-    seq: int,
-    ts: float,
-    frame_ts: float | None = None,
-) -> bytes:
-    """``.../detections``: one frame's results of one source."""
-    doc: dict[str, Any] = {
-        "schema": SCHEMA_DETECTIONS,
-        "device": device,
-        "seq": seq,
-        "ts": ts,
-        "source": source,
-        "detections": detections,
-    }
-    if frame_ts is not None:
-        doc["frame_ts"] = frame_ts
-    return _dump(doc)
-
-
-def model_payload(data: dict[str, Any], *, device: str, ts: float) -> bytes:
-    """Retained ``.../model``: the OTA code's model state (free-form, JSON-serialisable)."""
-    return _dump({"schema": SCHEMA_MODEL, "device": device, "ts": ts, **data})
-
-
-def response_payload(
-    *,
-    request_id: str | None,
-    command: str | None,
-    device: str,
-    ok: bool,
-    result: Any = None,
-    error_code: str | None = None,
-    error: str | None = None,
-    ts: float | None = None,
-) -> bytes:
-    """``.../cmd/response``: the answer to one request, carrying its ``id``."""
-    doc: dict[str, Any] = {
-        "schema": SCHEMA_CMD_RESPONSE,
-        "device": device,
-        "id": request_id,
-        "command": command,
-        "ok": ok,
-        "ts": round(time.time() if ts is None else ts, 3),
-    }
-    if ok:
-        doc["result"] = result
-    else:
-        doc["error"] = {"code": error_code or "failed", "message": error or ""}
-    return _dump(doc)

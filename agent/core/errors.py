@@ -8,6 +8,7 @@ Every error carries a message that says what went wrong *and how to fix it*. The
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 
@@ -123,6 +124,54 @@ class CommsError(EdgeAgentError):
     """MQTT / network configuration or transport failure."""
 
 
+class OtaReason(str, Enum):
+    """The machine-readable reason codes of over-the-air updates, as they go on the wire (the
+    retained model state, events, ``edge-agent ota`` output). A member equals its string
+    (``OtaReason.EXPIRED == "expired"``) and formats as it."""
+
+    # a push refused (OtaRejected): agent.ota.reasons.REJECT_REASONS
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    EXPIRED = "expired"
+    NOT_NEWER = "not_newer"
+    INCOMPATIBLE = "incompatible"
+    WRONG_TARGET = "wrong_target"
+    SIZE_MISMATCH = "size_mismatch"
+    HASH_MISMATCH = "hash_mismatch"
+    OVER_QUOTA = "over_quota"
+    UNSAFE_PATH = "unsafe_path"
+    EXTERNAL_DATA_OUTSIDE_BUNDLE = "external_data_outside_bundle"
+    MALFORMED = "malformed"
+    # an update that failed (OtaError)
+    FAILED = "failed"
+    FETCH_FAILED = "fetch_failed"
+    INCOMPLETE = "incomplete"
+    STATE_CORRUPT = "state_corrupt"
+    TRUST_STORE = "trust_store"
+    SIGNING_KEY = "signing_key"
+    INTERNAL = "internal"
+    # operator tools (push, keygen, serve)
+    USAGE = "usage"
+    EXISTS = "exists"
+    # the updater's outcomes, recorded in the update record
+    BUILD_FAILED = "build_failed"
+    BUILD_NOT_ADMITTED = "build_not_admitted"
+    GOLDEN_MISMATCH = "golden_mismatch"
+    ACTIVATE_FAILED = "activate_failed"
+    INTERNAL_ERROR = "internal_error"
+    NO_ROLLBACK_TARGET = "no_rollback_target"
+    ROLLBACK_REQUESTED = "rollback_requested"
+    PROBATION_CRASH = "probation_crash"
+    PROBATION_NAN = "probation_nan"
+    PROBATION_SLOW = "probation_slow"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self.value, format_spec)
+
+
 class OtaError(EdgeAgentError):
     """An over-the-air update failed. ``reason`` is a short machine-readable code (reported to
     the fleet in the retained model state), e.g. ``fetch_failed`` or ``build_failed``."""
@@ -142,7 +191,7 @@ class OtaError(EdgeAgentError):
 class OtaRejected(OtaError):
     """An over-the-air update was refused (signature, version, compatibility, size...).
 
-    ``reason`` is one of the codes in :data:`agent.ota.REJECT_REASONS` (bad_signature,
+    ``reason`` is one of the codes in :data:`agent.ota.reasons.REJECT_REASONS` (bad_signature,
     unknown_key, expired, not_newer, incompatible, size_mismatch, hash_mismatch, ...)."""
 
     exit_code = 2

@@ -57,9 +57,11 @@ class StateMachine(Generic[S]):
         return new in self._table.get(self._state, frozenset())
 
     def to(self, new: S, reason: str = "") -> S:
-        """Move to ``new`` and return the previous state.
+        """Move to ``new`` and return the previous state; ``on_change`` runs after the lock is
+        released, so it may read the state or move the machine again.
 
-        Raises :class:`InternalError` when the table does not allow the step.
+        Asking for the current state without a declared self-loop changes nothing and calls no
+        hook. Raises :class:`InternalError` when the table does not allow the step.
         """
         with self._lock:
             old = self._state

@@ -8,20 +8,16 @@ cache above this layer).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from agent.config.schema import ModelBundleConfig
+from agent.config.model import ModelBundleConfig
 from agent.config.yaml import load_model_file
 from agent.core.errors import ModelError
-
-if TYPE_CHECKING:
-    import onnx
+from agent.core.fsutil import sha256_file
+from agent.engine.onnxgraph import external_locations, load_model
 
 MODEL_YAML = "model.yaml"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -36,15 +32,6 @@ class ModelBundle:
     onnx_sha256: str
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def is_inside(path: Path, directory: Path) -> bool:
     """True when ``path`` (symlinks and ``..`` resolved) lies inside ``directory``."""
     try:
@@ -56,50 +43,23 @@ def is_inside(path: Path, directory: Path) -> bool:
 
 def external_data_files(onnx_path: Path) -> list[str]:
     """Relative ``location``s of the external-data files an ONNX file references (sorted)."""
-    import onnx
-
     try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        model = load_model(onnx_path, external_data=False)
     except Exception:  # not parseable: prepare() reports it with a proper message
         return []
     return sorted(external_locations(model))
 
 
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _graph_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _graph_tensors(sub)
-
-
-def external_locations(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """``location`` -> names of the tensors stored there, for every external-data tensor."""
-    import onnx
-
-    found: dict[str, list[str]] = {}
-    for tensor in _graph_tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            found.setdefault(location, []).append(tensor.name)
-    return found
-
-
 def onnx_sha256(onnx_path: Path) -> str:
     """sha256 of the ONNX file, extended with the hashes of its external-data files."""
-    main = file_sha256(onnx_path)
+    main = sha256_file(onnx_path)
     extra = external_data_files(onnx_path)
     if not extra:
         return main
     digest = hashlib.sha256(main.encode())
     for location in extra:
         data = onnx_path.parent / location
-        part = file_sha256(data) if data.is_file() else "missing"
+        part = sha256_file(data) if data.is_file() else "missing"
         digest.update(f"\0{location}\0{part}".encode())
     return digest.hexdigest()
 

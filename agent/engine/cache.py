@@ -308,47 +308,13 @@ class EngineCache:
         if not staging.is_dir():
             raise ArtifactError("staging directory does not exist", path=staging)
         self._ensure_root()
-        digest = key.digest()
         final = self.path_for(key)
         tmp = self.root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir()
-            files: dict[str, dict[str, Any]] = {}
-            for src in sorted(staging.rglob("*")):
-                if not src.is_file() or src.name == MANIFEST:
-                    continue
-                rel = src.relative_to(staging).as_posix()
-                dst = tmp / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-                fsync_file(dst)
-                files[rel] = {"sha256": sha256_file(dst), "size": dst.stat().st_size}
-            for sub in sorted({p.parent for p in tmp.rglob("*") if p.is_file()}, reverse=True):
-                fsync_dir(sub)
-            doc = dict(manifest)
-            doc.update(
-                {
-                    "format": FORMAT,
-                    "key": key.to_json(),
-                    "digest": digest,
-                    "files": files,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-            )
-            doc.setdefault("backend", key.backend)
-            doc.setdefault("precision", key.precision)
-            if doc.get("main_file") not in files:
-                raise ArtifactError(
-                    f"main file '{doc.get('main_file')}' was not written by the builder",
-                    fix="this is a bug in the backend; report it with the build log",
-                    path=staging,
-                )
-            manifest_path = tmp / MANIFEST
-            with open(manifest_path, "w", encoding="utf-8") as handle:
-                json.dump(doc, handle, indent=2, sort_keys=True, default=str)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            files = _copy_staged(staging, tmp)
+            doc = _manifest_doc(key, manifest, files, staging)
+            _write_manifest(tmp / MANIFEST, doc)
             fsync_dir(tmp)
             if final.exists():
                 self._discard(final, "replaced by a new commit")
@@ -369,6 +335,56 @@ class EngineCache:
             return False
         self._discard(directory, "removed on request")
         return True
+
+
+def _copy_staged(staging: Path, tmp: Path) -> dict[str, dict[str, Any]]:
+    """Copy the builder's files (durably) into ``tmp``; returns name -> sha256 and size."""
+    files: dict[str, dict[str, Any]] = {}
+    for src in sorted(staging.rglob("*")):
+        if not src.is_file() or src.name == MANIFEST:
+            continue
+        rel = src.relative_to(staging).as_posix()
+        dst = tmp / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        fsync_file(dst)
+        files[rel] = {"sha256": sha256_file(dst), "size": dst.stat().st_size}
+    for sub in sorted({p.parent for p in tmp.rglob("*") if p.is_file()}, reverse=True):
+        fsync_dir(sub)
+    return files
+
+
+def _manifest_doc(
+    key: CacheKey, manifest: Mapping[str, Any], files: dict[str, dict[str, Any]], staging: Path
+) -> dict[str, Any]:
+    """The builder's manifest with format, key, digest, files and creation time filled in."""
+    doc = dict(manifest)
+    doc.update(
+        {
+            "format": FORMAT,
+            "key": key.to_json(),
+            "digest": key.digest(),
+            "files": files,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    doc.setdefault("backend", key.backend)
+    doc.setdefault("precision", key.precision)
+    if doc.get("main_file") not in files:
+        raise ArtifactError(
+            f"main file '{doc.get('main_file')}' was not written by the builder",
+            fix="this is a bug in the backend; report it with the build log",
+            path=staging,
+        )
+    return doc
+
+
+def _write_manifest(path: Path, doc: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(doc, handle, indent=2, sort_keys=True, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def tmp_dirs(root: Path) -> list[Path]:

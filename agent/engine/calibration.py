@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader
 
-from agent.backends.base import ProgressFn, no_progress
-from agent.config.schema import InputSpec
+from agent.config.model import InputSpec
 from agent.core.errors import CalibrationError
-from agent.engine.bundle import ModelBundle, file_sha256
+from agent.core.fsutil import sha256_file
+from agent.core.progress import ProgressFn, no_progress
+from agent.engine.bundle import ModelBundle
 from agent.vision.letterbox import (
     IMAGE_SUFFIXES,
     InvalidFrame,
@@ -28,13 +28,13 @@ from agent.vision.letterbox import (
     validate_frame,
 )
 
-__all__ = ["CALIB_SUFFIXES", "CalibrationSet", "FrameReader", "load_calibration_set"]
+__all__ = ["ADD_FRAMES_FIX", "CALIB_SUFFIXES", "CalibrationSet", "load_calibration_set"]
 
 CALIB_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 #: Below this many calibration frames activation ranges are too noisy to trust.
 MIN_CALIB_FRAMES = 4
 
-_FIX = (
+ADD_FRAMES_FIX = (
     "copy at least the profile's calibration frames + held-out frames (96 for most profiles) "
     "JPEGs from this device's cameras here, scenes like the ones the model will see "
     "(calib/README.md says how)"
@@ -102,6 +102,71 @@ def calibration_files(directory: Path) -> list[Path]:
     )
 
 
+def _list_files(directory: Path) -> list[Path]:
+    """The folder's calibration files; :class:`CalibrationError` when there are none."""
+    if not directory.is_dir():
+        raise CalibrationError(
+            "calibration folder does not exist", fix=ADD_FRAMES_FIX, path=directory
+        )
+    try:
+        files = calibration_files(directory)
+    except OSError as exc:
+        raise CalibrationError(
+            f"cannot list the calibration folder: {exc}",
+            fix="check its permissions",
+            path=directory,
+        ) from exc
+    if not files:
+        raise CalibrationError(
+            f"no calibration frames (looked for {', '.join(CALIB_SUFFIXES)})",
+            fix=ADD_FRAMES_FIX,
+            path=directory,
+        )
+    return files
+
+
+def _split_files(
+    directory: Path, files: list[Path], count: int, heldout: int
+) -> tuple[list[Path], list[Path]]:
+    """(calibration files, held-out files): the last ``heldout`` files are held out."""
+    available = len(files) - heldout
+    wanted_min = min(int(count), MIN_CALIB_FRAMES)
+    if available < max(1, wanted_min):
+        raise CalibrationError(
+            f"only {len(files)} frames: {heldout} are held out for validation, which leaves "
+            f"{max(available, 0)} for calibration (at least {max(1, wanted_min)} needed, "
+            f"{count} wanted)",
+            fix=f"add at least {max(1, wanted_min) + heldout - len(files)} more frames; "
+            f"{ADD_FRAMES_FIX}",
+            path=directory,
+        )
+    calib_paths = files[: min(int(count), available)]
+    held_paths = files[len(files) - heldout :] if heldout else []
+    return calib_paths, held_paths
+
+
+def _read_file(
+    directory: Path, path: Path, spec: InputSpec, size_hw: tuple[int, int], digest: Any
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Hash ``path`` into ``digest`` and return its (tensor, original frame or None)."""
+    try:
+        digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+        return _tensor(path, spec, size_hw)
+    except InvalidFrame as exc:
+        raise CalibrationError(
+            f"unreadable calibration file {path.name}: {exc.message}",
+            fix="delete or replace it (every file in the folder must be a readable "
+            "JPEG/PNG/BMP image or .npy array)",
+            path=directory,
+        ) from exc
+    except OSError as exc:
+        raise CalibrationError(
+            f"cannot read calibration file {path.name}: {exc}",
+            fix="check the file's permissions or replace it",
+            path=directory,
+        ) from exc
+
+
 def load_calibration_set(
     directory: Path,
     bundle: ModelBundle,
@@ -117,60 +182,17 @@ def load_calibration_set(
     the folder is missing, empty, has too few files or holds an unreadable one.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CalibrationError("calibration folder does not exist", fix=_FIX, path=directory)
-    try:
-        files = calibration_files(directory)
-    except OSError as exc:
-        raise CalibrationError(
-            f"cannot list the calibration folder: {exc}",
-            fix="check its permissions",
-            path=directory,
-        ) from exc
-    if not files:
-        raise CalibrationError(
-            f"no calibration frames (looked for {', '.join(CALIB_SUFFIXES)})",
-            fix=_FIX,
-            path=directory,
-        )
-    heldout = max(0, int(heldout))
-    available = len(files) - heldout
-    wanted_min = min(int(count), MIN_CALIB_FRAMES)
-    if available < max(1, wanted_min):
-        raise CalibrationError(
-            f"only {len(files)} frames: {heldout} are held out for validation, which leaves "
-            f"{max(available, 0)} for calibration (at least {max(1, wanted_min)} needed, "
-            f"{count} wanted)",
-            fix=f"add at least {max(1, wanted_min) + heldout - len(files)} more frames; {_FIX}",
-            path=directory,
-        )
-    calib_paths = files[: min(int(count), available)]
-    held_paths = files[len(files) - heldout :] if heldout else []
+    files = _list_files(directory)
+    calib_paths, held_paths = _split_files(directory, files, count, max(0, int(heldout)))
     spec = bundle.config.input
     size_hw = (int(size_hw[0]), int(size_hw[1]))
-
     digest = hashlib.sha256()
     calib: list[np.ndarray] = []
     held: list[np.ndarray] = []
     frames: list[np.ndarray] = []
     used = [*calib_paths, *held_paths]
     for index, path in enumerate(used):
-        try:
-            digest.update(f"{path.name}\0{file_sha256(path)}\n".encode())
-            tensor, frame = _tensor(path, spec, size_hw)
-        except InvalidFrame as exc:
-            raise CalibrationError(
-                f"unreadable calibration file {path.name}: {exc.message}",
-                fix="delete or replace it (every file in the folder must be a readable "
-                "JPEG/PNG/BMP image or .npy array)",
-                path=directory,
-            ) from exc
-        except OSError as exc:
-            raise CalibrationError(
-                f"cannot read calibration file {path.name}: {exc}",
-                fix="check the file's permissions or replace it",
-                path=directory,
-            ) from exc
+        tensor, frame = _read_file(directory, path, spec, size_hw, digest)
         if index < len(calib_paths):
             calib.append(tensor)
         else:
@@ -196,56 +218,3 @@ def load_calibration_set(
         calib_files=tuple(p.name for p in calib_paths),
         heldout_files=tuple(p.name for p in held_paths),
     )
-
-
-class FrameReader(CalibrationDataReader):
-    """Feeds preprocessed tensors to ONNX Runtime's calibrators as ``{input_name: batch}``.
-
-    ``batch`` > 1 concatenates consecutive tensors (for models with a fixed batch dimension);
-    the last incomplete batch is filled by wrapping around. ``calls`` counts ``get_next`` calls
-    that returned data, so tests can tell whether calibration ran.
-    """
-
-    def __init__(
-        self,
-        input_name: str,
-        tensors: Sequence[np.ndarray],
-        *,
-        batch: int = 1,
-        progress: ProgressFn = no_progress,
-    ):
-        if not tensors:
-            raise CalibrationError("no calibration tensors to feed", fix=_FIX)
-        self.input_name = input_name
-        self.tensors = list(tensors)
-        self.batch = max(1, int(batch))
-        self.progress = progress
-        self.calls = 0
-        self._batches = max(1, -(-len(self.tensors) // self.batch))
-        self._index = 0
-        self._end = self._batches
-
-    def __len__(self) -> int:
-        return self._batches
-
-    def get_next(self) -> dict[str, np.ndarray] | None:  # type: ignore[override]
-        if self._index >= self._end:
-            return None
-        start = self._index * self.batch
-        items = [self.tensors[(start + i) % len(self.tensors)] for i in range(self.batch)]
-        self._index += 1
-        self.calls += 1
-        self.progress(
-            "calibrate", self._index / self._batches, f"batch {self._index}/{self._batches}"
-        )
-        feed = items[0] if len(items) == 1 else np.concatenate(items, axis=0)
-        return {self.input_name: feed}
-
-    def rewind(self) -> None:
-        self._index = 0
-        self._end = self._batches
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        """Feed only batches ``start_index..end_index-1`` (ONNX Runtime's strided calibration)."""
-        self._index = max(0, min(start_index, self._batches))
-        self._end = max(self._index, min(end_index, self._batches))

@@ -13,15 +13,32 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-from onnx import version_converter
-
 from agent.backends.base import InputShapes, TensorSpec
-from agent.config.schema import DeviceProfile
+from agent.config.device import DeviceProfile
 from agent.core.errors import ModelError
-from agent.engine.bundle import ModelBundle, external_locations, is_inside
+from agent.engine.bundle import ModelBundle, is_inside
+from agent.engine.onnxgraph import (
+    FLOAT,
+    FLOAT16,
+    ModelProto,
+    ValidationError,
+    ValueInfoProto,
+    check_model,
+    convert_opset,
+    default_opset,
+    dim_value,
+    elem_type_name,
+    external_locations,
+    has_standard_operator,
+    load_external_data,
+    load_model,
+    save_model,
+    save_model_with_data_file,
+    tensor_specs,
+)
+from agent.engine.quantize.shapes import fix_dim_param, infer_shapes
 
-__all__ = ["MIN_OPSET", "PreparedModel", "prepare", "tensor_specs"]
+__all__ = ["MIN_OPSET", "PreparedModel", "prepare"]
 
 #: Per-channel DequantizeLinear (axis attribute) needs opset 13.
 MIN_OPSET = 13
@@ -42,39 +59,7 @@ class PreparedModel:
     notes: tuple[str, ...]
 
 
-def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str:
-    if d.HasField("dim_value") and d.dim_value > 0:
-        return int(d.dim_value)
-    if d.HasField("dim_param") and d.dim_param:
-        return d.dim_param
-    return -1
-
-
-def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
-    ttype = vi.type.tensor_type
-    try:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
-    except (KeyError, TypeError, ValueError):
-        dtype = "unknown"
-    shape = tuple(_dim(d) for d in ttype.shape.dim) if ttype.HasField("shape") else ()
-    return TensorSpec(vi.name, shape, dtype)
-
-
-def tensor_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """(inputs, outputs) of a model; initializers listed as inputs (old exporters) are skipped."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = tuple(_spec(v) for v in model.graph.input if v.name not in inits)
-    return inputs, tuple(_spec(v) for v in model.graph.output)
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return 0
-
-
-def _load(path: Path) -> onnx.ModelProto:
+def _load(path: Path) -> ModelProto:
     fix = "re-export the model (torch.onnx.export / yolo export format=onnx) and copy it again"
     try:
         size = path.stat().st_size
@@ -83,7 +68,7 @@ def _load(path: Path) -> onnx.ModelProto:
     if size == 0:
         raise ModelError("the ONNX file is empty", fix=fix, path=path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = load_model(path, external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelError(
             f"not an ONNX model, or a truncated one (protobuf parse failed: {exc})",
@@ -99,7 +84,7 @@ def _load(path: Path) -> onnx.ModelProto:
     return model
 
 
-def _check_external(model: onnx.ModelProto, path: Path, bundle_dir: Path) -> list[str]:
+def _check_external(model: ModelProto, path: Path, bundle_dir: Path) -> list[str]:
     locations = external_locations(model)
     for location, names in locations.items():
         target = path.parent / location
@@ -120,7 +105,7 @@ def _check_external(model: onnx.ModelProto, path: Path, bundle_dir: Path) -> lis
     return sorted(locations)
 
 
-def _check_ops(model: onnx.ModelProto, path: Path) -> None:
+def _check_ops(model: ModelProto, path: Path) -> None:
     opsets = {e.domain: e.version for e in model.opset_import}
     for node in model.graph.node:
         domain = node.domain or ""
@@ -134,7 +119,7 @@ def _check_ops(model: onnx.ModelProto, path: Path) -> None:
             )
         if domain in ("", "ai.onnx"):
             version = opsets.get(domain, opsets.get("", opsets.get("ai.onnx", 1)))
-            if not onnx.defs.has(node.op_type, max_inclusive_version=version, domain=""):
+            if not has_standard_operator(node.op_type, version):
                 raise ModelError(
                     f"unsupported operator {node.op_type} (node '{node.name}') at opset "
                     f"{version}: it is not an ONNX operator",
@@ -145,8 +130,8 @@ def _check_ops(model: onnx.ModelProto, path: Path) -> None:
 
 def _check(path: Path) -> None:
     try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as exc:
+        check_model(path)
+    except ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise ModelError(
             f"the ONNX checker rejected the model: {first}",
@@ -157,8 +142,8 @@ def _check(path: Path) -> None:
 
 
 def _image_input(
-    model: onnx.ModelProto, bundle: ModelBundle, path: Path
-) -> tuple[onnx.ValueInfoProto, list[int | str]]:
+    model: ModelProto, bundle: ModelBundle, path: Path
+) -> tuple[ValueInfoProto, list[int | str]]:
     spec = bundle.config.input
     inits = {t.name for t in model.graph.initializer}
     real_inputs = [v for v in model.graph.input if v.name not in inits]
@@ -180,14 +165,14 @@ def _image_input(
         )
     vi = by_name[spec.name]
     ttype = vi.type.tensor_type
-    if ttype.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+    if ttype.elem_type not in (FLOAT, FLOAT16):
         raise ModelError(
             f"input '{spec.name}' has element type "
-            f"{onnx.TensorProto.DataType.Name(ttype.elem_type)}; a float image input is expected",
+            f"{elem_type_name(ttype.elem_type)}; a float image input is expected",
             fix="export the model with a float32 image input (normalisation happens here)",
             path=path,
         )
-    dims = [_dim(d) for d in ttype.shape.dim]
+    dims = [dim_value(d) for d in ttype.shape.dim]
     if len(dims) != 4:
         raise ModelError(
             f"input '{spec.name}' has rank {len(dims)} (shape {dims}) but model.yaml says "
@@ -253,17 +238,15 @@ def _shapes(
     return InputShapes(shape(0), shape(1), shape(2))
 
 
-def _pin(model: onnx.ModelProto, vi: onnx.ValueInfoProto, pin: list[int | None]) -> bool:
+def _pin(model: ModelProto, vi: ValueInfoProto, pin: list[int | None]) -> bool:
     """Pin the input's dynamic dims where ``pin`` has a value; a dim_param is replaced
     everywhere it appears in the graph. Returns whether anything changed."""
-    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
-
     changed = False
     for d, value in zip(vi.type.tensor_type.shape.dim, pin, strict=True):
         if value is None or (d.HasField("dim_value") and d.dim_value > 0):
             continue
         if d.HasField("dim_param") and d.dim_param:
-            make_dim_param_fixed(model.graph, d.dim_param, value)
+            fix_dim_param(model.graph, d.dim_param, value)
         if not (d.HasField("dim_value") and d.dim_value == value):
             d.Clear()
             d.dim_value = value
@@ -271,51 +254,48 @@ def _pin(model: onnx.ModelProto, vi: onnx.ValueInfoProto, pin: list[int | None])
     return changed
 
 
-def _save(model: onnx.ModelProto, path: Path, large: bool) -> None:
+def _save(model: ModelProto, path: Path, large: bool) -> None:
     if large:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-            size_threshold=1024,
-        )
+        save_model_with_data_file(model, path)
     else:
-        onnx.save_model(model, str(path))
+        save_model(model, path)
 
 
-def _infer_shapes(src: Path, dst: Path, large: bool, notes: list[str]) -> None:
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    common = {
-        "skip_optimization": True,  # keep node names: model.yaml keep_float refers to them
-        "save_as_external_data": large,
-        "all_tensors_to_one_file": True,
-        "external_data_location": dst.name + ".data",
-    }
+def _upgrade_opset(model: ModelProto, path: Path, notes: list[str]) -> ModelProto:
+    """``model`` at opset :data:`MIN_OPSET` at least (per-channel Q/DQ needs it)."""
+    opset = default_opset(model)
+    if opset >= MIN_OPSET:
+        return model
     try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False, **common)
-        notes.append("shape inference: symbolic (onnxruntime) + onnx")
-        return
-    except Exception as exc:  # AssertionError on Concat, ImportError without sympy, ...
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-        reason = reason.rstrip(": ")
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **common)
-        notes.append(
-            f"symbolic shape inference failed ({reason}); fell back to onnx.shape_inference"
-        )
-        return
+        model = convert_opset(model, MIN_OPSET)
     except Exception as exc:
-        second = f"{type(exc).__name__}: {exc}"
-    # Last resort: ship the model without inferred shapes; calibration still works, a few
-    # tensors may stay unquantized because their type is unknown.
-    onnx.save_model(onnx.load(str(src)), str(dst))
-    notes.append(
-        f"symbolic shape inference failed ({reason}) and onnx.shape_inference failed "
-        f"({second}); continuing without inferred shapes"
-    )
+        raise ModelError(
+            f"opset {opset} could not be converted to {MIN_OPSET}: {exc}",
+            fix=f"re-export the model with opset >= {MIN_OPSET} (e.g. opset_version=17)",
+            path=path,
+        ) from exc
+    notes.append(f"opset upgraded from {opset} to {MIN_OPSET} (per-channel Q/DQ needs it)")
+    return model
+
+
+def _write_prepared(model: ModelProto, work_dir: Path, path: Path, notes: list[str]) -> Path:
+    """Save ``model`` with inferred shapes as ``work_dir/prepared.onnx`` and check it."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = work_dir / "prepared.onnx"
+    large = model.ByteSize() > _TWO_GIB - (64 << 20)
+    with tempfile.TemporaryDirectory(prefix="prepare.", dir=work_dir) as tmp:
+        staged = Path(tmp) / "staged.onnx"
+        _save(model, staged, large)
+        infer_shapes(staged, out, large, notes)
+    try:
+        check_model(out)
+    except ValidationError as exc:
+        raise ModelError(
+            f"the prepared model does not pass the ONNX checker: {exc}",
+            fix="re-export the model with opset >= 13 so no conversion is needed",
+            path=path,
+        ) from exc
+    return out
 
 
 def prepare(
@@ -334,21 +314,9 @@ def prepare(
     _check_ops(model, path)
     _check(path)
     if ext:
-        onnx.load_external_data_for_model(model, str(path.parent))
+        load_external_data(model, path.parent)
         notes.append(f"external data loaded from {', '.join(ext)}")
-
-    opset = default_opset(model)
-    if opset < MIN_OPSET:
-        try:
-            model = version_converter.convert_version(model, MIN_OPSET)
-        except Exception as exc:
-            raise ModelError(
-                f"opset {opset} could not be converted to {MIN_OPSET}: {exc}",
-                fix=f"re-export the model with opset >= {MIN_OPSET} (e.g. opset_version=17)",
-                path=path,
-            ) from exc
-        notes.append(f"opset upgraded from {opset} to {MIN_OPSET} (per-channel Q/DQ needs it)")
-        opset = MIN_OPSET
+    model = _upgrade_opset(model, path, notes)
 
     vi, dims = _image_input(model, bundle, path)
     shapes = _shapes(bundle, profile, dims, notes)
@@ -360,23 +328,8 @@ def prepare(
         why = "static=True" if static else "min == max in the profile"
         notes.append(f"input '{vi.name}' dims pinned to {shown} ({why})")
 
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    out = work_dir / "prepared.onnx"
-    large = model.ByteSize() > _TWO_GIB - (64 << 20)
-    with tempfile.TemporaryDirectory(prefix="prepare.", dir=work_dir) as tmp:
-        staged = Path(tmp) / "staged.onnx"
-        _save(model, staged, large)
-        _infer_shapes(staged, out, large, notes)
-    try:
-        onnx.checker.check_model(str(out))
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(
-            f"the prepared model does not pass the ONNX checker: {exc}",
-            fix="re-export the model with opset >= 13 so no conversion is needed",
-            path=path,
-        ) from exc
-    final = onnx.load(str(out), load_external_data=False)
+    out = _write_prepared(model, Path(work_dir), path, notes)
+    final = load_model(out, external_data=False)
     inputs, outputs = tensor_specs(final)
     return PreparedModel(
         path=out,

@@ -1,10 +1,8 @@
-"""The fleet side of a push: make and sign a manifest, serve the files, make inline chunks.
+"""The pieces of a push: the files, the manifest, the inline chunks, the topic.
 
 * :func:`bundle_files` lists a bundle directory (plus optional golden ``.npy`` files) as
   relative path → local file, refusing symlinks that leave it and hidden/reserved names.
 * :func:`make_manifest` hashes them into a :class:`~agent.ota.manifest.Manifest`.
-* :class:`BundleServer` serves exactly those files over HTTP from a thread (loopback by
-  default), under a random URL prefix; tests use it as the download server.
 * :func:`chunk_messages` splits the files into inline MQTT chunk messages.
 * :func:`ota_topic` is the topic a push goes to.
 """
@@ -15,18 +13,14 @@ import base64
 import json
 import logging
 import re
-import secrets
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from agent.comms.topics import device_ota_topic, group_ota_topic
 from agent.core.errors import OtaError
 from agent.core.fsutil import sha256_file
-from agent.core.logs import log_fields
 from agent.ota.manifest import (
     CHUNK_KIND,
     RESERVED_PREFIX,
@@ -42,7 +36,6 @@ from agent.ota.manifest import (
 )
 
 __all__ = [
-    "BundleServer",
     "bundle_files",
     "chunk_messages",
     "golden_files",
@@ -64,7 +57,7 @@ def ota_topic(fleet: str, *, device: str | None = None, group: str | None = None
             reason="usage",
             fix="pass --device ID or --group NAME",
         )
-    return f"edge/{fleet}/{device}/ota" if device else f"edge/{fleet}/group/{group}/ota"
+    return device_ota_topic(fleet, device) if device else group_ota_topic(fleet, str(group))
 
 
 def parse_duration(text: str) -> int:
@@ -197,108 +190,3 @@ def chunk_messages(
                     "data": base64.b64encode(block).decode("ascii"),
                 }
                 yield json.dumps(msg, separators=(",", ":")).encode("utf-8")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server  # pyright: ignore[reportIncompatibleVariableOverride]
-
-    def do_GET(self) -> None:
-        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        prefix = f"/{self.server.token}/"
-        source = None
-        if path.startswith(prefix):
-            source = self.server.files.get(path[len(prefix) :])
-        if source is None:
-            self.send_error(404, "not part of this push")
-            return
-        try:
-            data = source.read_bytes()
-        except OSError:
-            self.send_error(500, "cannot read the file")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        self.server.served.append(path[len(prefix) :])
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("push server: " + format % args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], files: Mapping[str, Path], token: str):
-        self.files = dict(files)
-        self.token = token
-        self.served: list[str] = []
-        super().__init__(address, _Handler)
-
-
-class BundleServer:
-    """Serve ``files`` (relative path → local file) over HTTP from a background thread.
-
-    ``with BundleServer(files) as server: server.base_url`` — bound to 127.0.0.1 and a free
-    port by default; only the listed files are served, under a random path prefix.
-    """
-
-    def __init__(
-        self,
-        files: Mapping[str, Path],
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        advertise_host: str | None = None,
-    ):
-        self.files = dict(files)
-        self.host = host
-        self.port = port
-        self.advertise_host = advertise_host
-        self.token = secrets.token_hex(8)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> BundleServer:
-        try:
-            self._server = _Server((self.host, self.port), self.files, self.token)
-        except OSError as exc:
-            raise OtaError(
-                f"cannot listen on {self.host}:{self.port}: {exc}",
-                reason="usage",
-                fix="choose another --port (0 picks a free one) or --host",
-            ) from exc
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="ota-push-server", daemon=True
-        )
-        self._thread.start()
-        log.info("push server started", extra=log_fields(url=self.base_url))
-        return self
-
-    @property
-    def base_url(self) -> str:
-        host = self.advertise_host or self.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}/{self.token}"
-
-    @property
-    def served(self) -> list[str]:
-        return [] if self._server is None else list(self._server.served)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> BundleServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.config.schema import DeviceProfile
+from agent.config.device import DeviceProfile
 from agent.monitor.host import HostSource
 from agent.monitor.jtop import JtopSource, JtopUnavailable
 from agent.monitor.sample import MonitorSource

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.core.errors import OtaError, OtaRejected
+from agent.core.errors import OtaError, OtaReason, OtaRejected
 from agent.core.logs import log_fields
 from agent.ota.manifest import CHUNK_KIND, FileEntry, Manifest
 
@@ -57,7 +57,7 @@ def file_url(base_url: str, path: str) -> str:
 def _size_mismatch(entry: FileEntry, got: str) -> OtaRejected:
     return OtaRejected(
         f"file {entry.path}: {got}, the manifest says {entry.size} bytes",
-        reason="size_mismatch",
+        reason=OtaReason.SIZE_MISMATCH,
         fix="serve exactly the files the manifest was made from (re-run `edge-agent push`)",
     )
 
@@ -65,7 +65,7 @@ def _size_mismatch(entry: FileEntry, got: str) -> OtaRejected:
 def _hash_mismatch(entry: FileEntry, got: str) -> OtaRejected:
     return OtaRejected(
         f"file {entry.path}: sha256 {got} differs from the manifest's {entry.sha256}",
-        reason="hash_mismatch",
+        reason=OtaReason.HASH_MISMATCH,
         fix="the file changed or was corrupted after signing; re-run `edge-agent push` from "
         "the bundle you mean to ship",
     )
@@ -106,7 +106,7 @@ def _write_checked(
                 raise OtaError(
                     f"download of {entry.path} too slow: {received} of {entry.size} bytes "
                     f"by the deadline (at least {MIN_RATE_BYTES_S // 1024} KiB/s on average)",
-                    reason="fetch_failed",
+                    reason=OtaReason.FETCH_FAILED,
                     fix="serve the bundle from a host the device reaches at a usable rate, "
                     "then push again",
                 )
@@ -140,7 +140,7 @@ def download_file(
     if scheme not in _SCHEMES:
         raise OtaRejected(
             f"URL scheme {scheme!r} is not allowed ({url})",
-            reason="malformed",
+            reason=OtaReason.MALFORMED,
             fix="serve bundles over https (or http on a trusted network, or file://)",
         )
     total = entry.size if total is None else total
@@ -165,7 +165,7 @@ def download_file(
         dest.unlink(missing_ok=True)
         raise OtaError(
             f"download of {entry.path} from {url} failed: {exc}",
-            reason="fetch_failed",
+            reason=OtaReason.FETCH_FAILED,
             fix="check that the URL is reachable from the device and the server is up, "
             "then push again",
         ) from exc
@@ -183,7 +183,7 @@ def download_bundle(
     if manifest.payload.kind != "url" or base is None:
         raise OtaError(
             "download_bundle needs a url payload",
-            reason="internal",
+            reason=OtaReason.INTERNAL,
             fix="use ChunkAssembler for inline payloads",
         )
     total = manifest.total_size
@@ -228,7 +228,9 @@ class ChunkAssembler:
     ):
         if manifest.payload.kind != "inline" or manifest.payload.chunk_size is None:
             raise OtaError(
-                "ChunkAssembler needs an inline payload", reason="internal", fix="use a url fetch"
+                "ChunkAssembler needs an inline payload",
+                reason=OtaReason.INTERNAL,
+                fix="use a url fetch",
             )
         self.manifest = manifest
         self.sha = manifest_sha
@@ -263,7 +265,7 @@ class ChunkAssembler:
     def _bad(self, message: str) -> OtaRejected:
         return OtaRejected(
             f"inline chunk for {self.manifest.name} v{self.manifest.version}: {message}",
-            reason="malformed",
+            reason=OtaReason.MALFORMED,
             fix="publish the chunks `edge-agent push --inline` produced, unchanged",
         )
 
@@ -299,7 +301,7 @@ class ChunkAssembler:
         if len(block) != want:
             raise OtaRejected(
                 f"inline chunk {index} of {path} has {len(block)} bytes, expected {want}",
-                reason="size_mismatch",
+                reason=OtaReason.SIZE_MISMATCH,
                 fix="publish the chunks `edge-agent push --inline` produced, unchanged",
             )
         digest = hashlib.sha256(block).hexdigest()
@@ -307,7 +309,7 @@ class ChunkAssembler:
             if self.digests[(path, index)] != digest:
                 raise OtaRejected(
                     f"chunk {index} of {path} arrived twice with different bytes",
-                    reason="hash_mismatch",
+                    reason=OtaReason.HASH_MISMATCH,
                     fix="push again; something altered chunks in transit",
                 )
             return self.complete
@@ -331,7 +333,7 @@ class ChunkAssembler:
             raise OtaError(
                 f"inline push {self.manifest.name} v{self.manifest.version} is incomplete: "
                 f"{described}",
-                reason="incomplete",
+                reason=OtaReason.INCOMPLETE,
                 fix="publish the push again with a new version (a lost chunk cannot be "
                 "re-requested); consider --url for large bundles",
             )

@@ -1,11 +1,5 @@
-"""Signed OTA manifests: canonical JSON, the manifest model, Ed25519 signing and verification.
-
-Canonical form (a subset of RFC 8785, JSON Canonicalization Scheme): objects with string keys
-sorted by their UTF-16 code units, no whitespace, UTF-8, strings escaped as ECMAScript's
-``JSON.stringify`` does, and only strings, integers (|n| ≤ 2**53 − 1), booleans, null, arrays
-and objects. Floats are refused: their textual form is the one part of JCS that is hard to get
-identical across languages, and nothing in a manifest needs them (times are integer epoch
-seconds, tolerances are decimal strings).
+"""Signed OTA manifests: the manifest model, Ed25519 signing and verification (over the
+canonical JSON of :mod:`agent.ota.canonical`).
 
 An envelope, as published on ``edge/<fleet>/<device>/ota`` or ``edge/<fleet>/group/<g>/ota``::
 
@@ -24,18 +18,15 @@ import json
 import math
 import posixpath
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agent.config.schema import Strict, at
-from agent.core.errors import OtaRejected
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
+from agent.config.base import Strict, at
+from agent.core.errors import OtaReason, OtaRejected
+from agent.ota.canonical import MAX_SAFE_INT, canonical_json
 
 __all__ = [
     "CHUNK_KIND",
@@ -49,7 +40,6 @@ __all__ = [
     "Payload",
     "Signature",
     "Target",
-    "canonical_json",
     "check_relative_path",
     "decode_signature",
     "key_id",
@@ -63,88 +53,10 @@ FORMAT = 1
 CHUNK_KIND = "chunk"
 #: File names the device keeps for itself inside an installed version directory.
 RESERVED_PREFIX = ".ota"
-_MAX_SAFE_INT = 2**53 - 1
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _SHA256 = r"^[0-9a-f]{64}$"
 _DECIMAL = r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
 _VERSION = r"^\d+(\.\d+){0,3}$"
-
-
-# --------------------------------------------------------------------------- canonical JSON
-
-
-def _canon(value: Any, where: str, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif isinstance(value, bool):
-        out.append("true" if value else "false")
-    elif isinstance(value, int):
-        if abs(value) > _MAX_SAFE_INT:
-            raise OtaRejected(
-                f"{where}: integer {value} is outside ±(2**53 − 1) and has no portable JSON form",
-                reason="malformed",
-                fix="use a smaller integer or a decimal string",
-            )
-        out.append(str(value))
-    elif isinstance(value, float):
-        raise OtaRejected(
-            f"{where}: float {value!r} is not allowed in canonical JSON",
-            reason="malformed",
-            fix='use an integer or a decimal string (e.g. "0.01") instead',
-        )
-    elif isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise OtaRejected(
-                f"{where}: string is not valid Unicode (lone surrogate)",
-                reason="malformed",
-                fix="send valid UTF-8 text",
-            ) from exc
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, Mapping):
-        mapping: Mapping[Any, Any] = value  # pyright: ignore[reportUnknownVariableType]
-        for key in mapping:
-            if not isinstance(key, str):
-                raise OtaRejected(
-                    f"{where}: object key {key!r} is not a string",
-                    reason="malformed",
-                    fix="use string keys only",
-                )
-        keys: list[str] = sorted(mapping, key=lambda k: k.encode("utf-16-be"))
-        out.append("{")
-        for i, key in enumerate(keys):
-            if i:
-                out.append(",")
-            _canon(key, where, out)
-            out.append(":")
-            _canon(mapping[key], f"{where}.{key}", out)
-        out.append("}")
-    elif isinstance(value, (list, tuple)):
-        items: list[Any] | tuple[Any, ...] = value  # pyright: ignore[reportUnknownVariableType]
-        out.append("[")
-        for i, item in enumerate(items):
-            if i:
-                out.append(",")
-            _canon(item, f"{where}[{i}]", out)
-        out.append("]")
-    else:
-        raise OtaRejected(
-            f"{where}: {type(value).__name__} is not a JSON type allowed in a manifest",
-            reason="malformed",
-            fix="use strings, integers, booleans, null, lists and objects only",
-        )
-
-
-def canonical_json(value: Any) -> bytes:
-    """The canonical UTF-8 bytes of ``value`` (see the module docstring).
-
-    Raises :class:`~agent.core.errors.OtaRejected` (reason ``malformed``) for floats, non-string
-    keys, unsafe integers or other types.
-    """
-    out: list[str] = []
-    _canon(value, "$", out)
-    return "".join(out).encode("utf-8")
 
 
 def manifest_sha256(manifest: Mapping[str, Any]) -> str:
@@ -154,7 +66,6 @@ def manifest_sha256(manifest: Mapping[str, Any]) -> str:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """Short id of a public key: first 16 hex digits of sha256(raw 32-byte key)."""
-    from cryptography.hazmat.primitives import serialization
 
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -182,7 +93,7 @@ def check_relative_path(path: str, what: str = "file path") -> str:
     if problem:
         raise OtaRejected(
             f"{what} {path!r} {problem}",
-            reason="unsafe_path",
+            reason=OtaReason.UNSAFE_PATH,
             fix="list bundle files by plain relative paths inside the bundle directory",
         )
     return path
@@ -202,7 +113,7 @@ class FileEntry(Strict):
         title="Path", description="Relative POSIX path inside the bundle (no '..', not absolute)."
     )
     sha256: str = Field(pattern=_SHA256, title="SHA-256", description="Hex sha256 of the file.")
-    size: int = Field(ge=0, le=_MAX_SAFE_INT, title="Size", description="Size in bytes.")
+    size: int = Field(ge=0, le=MAX_SAFE_INT, title="Size", description="Size in bytes.")
 
 
 class Compat(Strict):
@@ -305,7 +216,7 @@ class Manifest(Strict):
     format: Literal[1] = Field(default=1, title="Format", description="Manifest format version.")
     name: str = Field(pattern=_NAME, title="Model name", description="Model (bundle) name.")
     version: int = Field(
-        ge=1, le=_MAX_SAFE_INT, title="Version", description="Monotonic integer version."
+        ge=1, le=MAX_SAFE_INT, title="Version", description="Monotonic integer version."
     )
     created: int = Field(ge=0, title="Created", description="Signing time, epoch seconds (UTC).")
     expires: int = Field(ge=0, title="Expires", description="Refused after this, epoch seconds.")
@@ -386,7 +297,7 @@ def sign_manifest(
 
 
 def _malformed(message: str, fix: str = "re-create the push with `edge-agent push`") -> OtaRejected:
-    return OtaRejected(message, reason="malformed", fix=fix)
+    return OtaRejected(message, reason=OtaReason.MALFORMED, fix=fix)
 
 
 def parse_envelope(data: bytes | Mapping[str, Any]) -> tuple[dict[str, Any], list[Signature]]:
@@ -443,6 +354,6 @@ def decode_signature(sig: Signature) -> bytes:
     except (binascii.Error, ValueError) as exc:
         raise OtaRejected(
             f"signature of key {sig.key_id} is not base64",
-            reason="bad_signature",
+            reason=OtaReason.BAD_SIGNATURE,
             fix="re-sign the manifest",
         ) from exc

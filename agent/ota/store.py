@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.core.errors import OtaError, OtaRejected
+from agent.core.errors import OtaError, OtaReason, OtaRejected
 from agent.core.fsutil import atomic_write_json, fsync_dir, sha256_file
 from agent.core.logs import log_fields
 from agent.ota.manifest import RESERVED_PREFIX
@@ -100,7 +100,7 @@ class VersionStore:
         except (OSError, ValueError) as exc:
             raise OtaError(
                 f"OTA state file is unreadable: {exc}",
-                reason="state_corrupt",
+                reason=OtaReason.STATE_CORRUPT,
                 fix="restore it from a backup or delete it (a deleted hwm.json lets older "
                 "versions be pushed again)",
                 path=path,
@@ -108,7 +108,7 @@ class VersionStore:
         if not isinstance(data, dict):
             raise OtaError(
                 "OTA state file is not a JSON object",
-                reason="state_corrupt",
+                reason=OtaReason.STATE_CORRUPT,
                 fix="delete it",
                 path=path,
             )
@@ -126,7 +126,7 @@ class VersionStore:
             raise OtaRejected(
                 f"{model} version {version} is not newer than the highest version this "
                 f"device has accepted ({hwm})",
-                reason="not_newer",
+                reason=OtaReason.NOT_NEWER,
                 fix=f"push with --version {hwm + 1} or higher (versions are never reused, "
                 "also not after a rejected push)",
             )
@@ -208,7 +208,7 @@ class VersionStore:
             raise OtaRejected(
                 f"bundle is {incoming / _MIB:.1f} MiB, above ota.max_bundle_mib "
                 f"({max_bundle_bytes / _MIB:.0f} MiB)",
-                reason="over_quota",
+                reason=OtaReason.OVER_QUOTA,
                 fix="ship a smaller model or raise ota.max_bundle_mib in agent.yaml",
             )
         self.prune(model, keep=max(1, self.keep_versions - 1))
@@ -217,7 +217,7 @@ class VersionStore:
             raise OtaRejected(
                 f"bundle needs {incoming / _MIB:.1f} MiB but kept versions use "
                 f"{used / _MIB:.1f} of the {self.quota_bytes / _MIB:.0f} MiB quota",
-                reason="over_quota",
+                reason=OtaReason.OVER_QUOTA,
                 fix="raise ota.disk_quota_mib or lower ota.keep_versions in agent.yaml",
             )
 

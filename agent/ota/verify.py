@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config.schema import AgentConfig, DeviceProfile
-from agent.core.errors import ConfigError, ModelError, OtaRejected
+from agent.config.agent import AgentConfig
+from agent.config.device import DeviceProfile
+from agent.core.errors import ConfigError, ModelError, OtaReason, OtaRejected
 from agent.ota.manifest import Manifest
 from agent.ota.store import VersionStore
 from agent.ota.trust import SignedManifest, TrustStore
@@ -104,7 +105,7 @@ class Verifier:
             raise OtaRejected(
                 f"push is for fleet {t.fleet} {who}; this is device {d.device_id} of fleet "
                 f"{d.fleet} in groups {sorted(d.groups)}",
-                reason="wrong_target",
+                reason=OtaReason.WRONG_TARGET,
                 fix="push to this device's id or one of its groups (ota.groups in agent.yaml)",
             )
 
@@ -115,7 +116,7 @@ class Verifier:
                 f"manifest for {manifest.name} v{manifest.version} expired at "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(manifest.expires))} "
                 f"(device clock {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))})",
-                reason="expired",
+                reason=OtaReason.EXPIRED,
                 fix="push again with a new version and a later --expires-in; check the "
                 "device clock (NTP) if it should not have expired",
             )
@@ -143,7 +144,7 @@ class Verifier:
             raise OtaRejected(
                 f"{manifest.name} v{manifest.version} is incompatible with this device: "
                 + "; ".join(problems),
-                reason="incompatible",
+                reason=OtaReason.INCOMPATIBLE,
                 fix="push a bundle made for this device (--profiles/--families/--min-* of "
                 "`edge-agent push`), or target other devices",
             )
@@ -187,30 +188,29 @@ def _external_problem(location: str, onnx_dir: Path, bundle_dir: Path, files: It
 
 def check_bundle(bundle_dir: Path, manifest: Manifest) -> None:
     """Post-download checks on the staged bundle (raises :class:`OtaRejected`)."""
-    import onnx
-
-    from agent.engine.bundle import external_locations, load_bundle
+    from agent.engine.bundle import load_bundle
+    from agent.engine.onnxgraph import external_locations, load_model
 
     try:
         bundle = load_bundle(bundle_dir)
     except (ConfigError, ModelError) as exc:
         raise OtaRejected(
             f"pushed bundle is not a valid model bundle: {exc}",
-            reason="malformed",
+            reason=OtaReason.MALFORMED,
             fix="check the bundle with `edge-agent build` before pushing it",
         ) from exc
     if bundle.config.name != manifest.name:
         raise OtaRejected(
             f"model.yaml names model {bundle.config.name!r} but the manifest {manifest.name!r}",
-            reason="malformed",
+            reason=OtaReason.MALFORMED,
             fix="push the bundle under the name in its model.yaml",
         )
     try:
-        model = onnx.load(str(bundle.onnx_path), load_external_data=False)
+        model = load_model(bundle.onnx_path, external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
         raise OtaRejected(
             f"{bundle.config.onnx} is not a readable ONNX model: {exc}",
-            reason="malformed",
+            reason=OtaReason.MALFORMED,
             fix="export the model again",
         ) from exc
     files = [f.path for f in manifest.files]
@@ -219,7 +219,7 @@ def check_bundle(bundle_dir: Path, manifest: Manifest) -> None:
         if problem:
             raise OtaRejected(
                 f"{bundle.config.onnx}: {problem}",
-                reason="external_data_outside_bundle",
+                reason=OtaReason.EXTERNAL_DATA_OUTSIDE_BUNDLE,
                 fix="save the model with external data next to it "
                 "(onnx.save_model(..., save_as_external_data=True, location='weights.bin')) "
                 "and include that file in the bundle",

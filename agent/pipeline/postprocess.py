@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.config.schema import ModelBundleConfig
+from agent.config.model import ModelBundleConfig
 from agent.pipeline.frames import Detection, Frame, Result
 from agent.vision.decode import decode_yolov8, softmax_topk
 from agent.vision.letterbox import LetterboxInfo

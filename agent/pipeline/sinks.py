@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 
 from agent.pipeline.frames import Result
+from agent.vision.jpeg import encode_jpeg
+from agent.vision.overlay import draw_overlay
 
 __all__ = ["ConsoleSink", "FanoutSink", "JsonlSink", "Sink", "SnapshotSink", "draw_result"]
 
@@ -190,47 +191,9 @@ class JsonlSink:
                 self._file = None
 
 
-_PALETTE = (
-    (56, 56, 255),
-    (151, 157, 255),
-    (31, 112, 255),
-    (29, 178, 255),
-    (49, 210, 207),
-    (10, 249, 72),
-    (23, 204, 146),
-    (134, 219, 61),
-)
-
-
 def draw_result(image: np.ndarray, result: Result) -> np.ndarray:
     """A copy of the BGR ``image`` with the result's boxes, labels and top-k drawn on it."""
-    out = np.ascontiguousarray(image.copy())
-    h, w = out.shape[:2]
-    thick = max(1, round(min(h, w) / 320))
-    for det in result.detections:
-        color = _PALETTE[det.class_id % len(_PALETTE)]
-        x1, y1, x2, y2 = (round(v) for v in det.box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
-        text = f"{det.label} {det.score:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, thick)
-        ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
-        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty + base - 1), color, -1)
-        cv2.putText(
-            out, text, (x1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), thick
-        )
-    y = 14 * thick
-    for label, score in result.top_k[:3]:
-        cv2.putText(
-            out,
-            f"{label} {score:.2f}",
-            (4, y),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.4 * thick,
-            (0, 255, 0),
-            thick,
-        )
-        y += 14 * thick
-    return out
+    return draw_overlay(image, result.detections, result.top_k)
 
 
 class SnapshotSink:
@@ -294,15 +257,15 @@ class SnapshotSink:
 
     def _write(self, result: Result, frame: np.ndarray) -> Path:
         image = draw_result(frame, result)
-        ok, buf = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), self.quality])
-        if not ok:
+        data = encode_jpeg(image, self.quality)
+        if data is None:
             raise ValueError(f"cannot encode a {image.shape} frame as JPEG")
         source = _SAFE.sub("_", result.source).strip("_") or "source"
         name = f"{source}-{result.index:08d}-{int(result.wall_time * 1000)}.jpg"
         target = self.directory / name
         tmp = self.directory / f".tmp-{name}"
         try:
-            tmp.write_bytes(buf.tobytes())
+            tmp.write_bytes(data)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.config.schema import InputSpec
+from agent.config.model import InputSpec
 from agent.core.errors import ModelError
 
 __all__ = ["InvalidFrame", "LetterboxInfo", "load_image_or_npy", "preprocess", "validate_frame"]

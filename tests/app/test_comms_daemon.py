@@ -34,6 +34,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.core.fsutil import sha256_file
+from tests.assets import DET_BUNDLE as BUNDLE
+from tests.assets import DET_CALIB as CALIB
+from tests.assets import REPO
 from tests.helpers.broker import Broker, Collector, Message, free_port, mosquitto_binary
 
 pytestmark = [
@@ -44,9 +47,6 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLE = REPO / "agent" / "data" / "models" / "shapes-det"
-CALIB = REPO / "calib" / "shapes-det"
 FLEET, DEV = "e2e", "dev-e2e"
 BASE = f"edge/{FLEET}/{DEV}"
 PASSWORD = "s3cret-pass"
@@ -614,7 +614,7 @@ def _after(record: dict[str, Any], t: float) -> bool:
 
 
 def _tensorrt_usable() -> bool:
-    from agent.backends.base import get_backend
+    from agent.backends.registry import get_backend
     from agent.core.errors import EdgeAgentError
 
     try:

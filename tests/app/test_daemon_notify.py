@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli_util import REPO
+from tests.assets import DET_BUNDLE as BUNDLE
+from tests.assets import DET_CALIB as CALIB
+from tests.assets import REPO
 from tests.helpers.mjpeg_server import MjpegServer
-
-BUNDLE = REPO / "agent" / "data" / "models" / "shapes-det"
-CALIB = REPO / "calib" / "shapes-det"
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -10,24 +10,16 @@ from typing import Any
 
 import pytest
 
-from agent.app.daemon import (
-    ALLOWED_TRANSITIONS,
-    Activity,
-    Daemon,
-    DaemonOptions,
-    DaemonState,
-    ExitCode,
-    Health,
-    IllegalDaemonTransition,
-    ProgressWatch,
-    RestartBudgetSpent,
-    Supervisor,
-)
+from agent.app.exits import ExitCode, RestartBudgetSpent
+from agent.app.lifecycle import TRANSITIONS, DaemonState
+from agent.app.runconfig import DaemonOptions
+from agent.app.service import build_service
+from agent.app.supervisor import ProgressWatch, Supervisor
 from agent.app.systemd import Notifier
-from tests.helpers.cli_util import REPO
-
-BUNDLE = REPO / "agent" / "data" / "models" / "shapes-det"
-CALIB = REPO / "calib" / "shapes-det"
+from agent.core.errors import InternalError
+from agent.core.lifecycle import Activity, Health
+from tests.assets import DET_BUNDLE as BUNDLE
+from tests.assets import DET_CALIB as CALIB
 
 
 class CrashingWorker:
@@ -100,7 +92,7 @@ def test_a_restart_that_raises_is_logged_and_counted_against_the_budget(
         raise OSError(19, "No such device", "/dev/video0")
 
     comp.start = broken_start  # type: ignore[method-assign]
-    with caplog.at_level("ERROR", logger="agent.app.daemon"):
+    with caplog.at_level("ERROR", logger="agent.app.supervisor"):
         assert not sup.check(comp, Health(failure="worker thread died"))
         now[0] += 1.0
         # its health no longer reports the old failure; the failed restart still counts
@@ -148,10 +140,10 @@ def test_progress_watch() -> None:
 
 
 def test_state_table() -> None:
-    assert DaemonState.READY in ALLOWED_TRANSITIONS[DaemonState.STARTING]
-    assert ALLOWED_TRANSITIONS[DaemonState.STOPPED] == frozenset()
-    daemon = Daemon(DaemonOptions(), notifier=Notifier(None))
-    with pytest.raises(IllegalDaemonTransition):
+    assert DaemonState.READY in TRANSITIONS[DaemonState.STARTING]
+    assert TRANSITIONS[DaemonState.STOPPED] == frozenset()
+    daemon = build_service(DaemonOptions(), notifier=Notifier(None))
+    with pytest.raises(InternalError):
         daemon._to(DaemonState.RELOADING)  # starting → reloading is not allowed
 
 
@@ -176,7 +168,7 @@ daemon:
   restart_window_s: 60
 """
     )
-    daemon = Daemon(
+    daemon = build_service(
         DaemonOptions(config_path=config, cache_dir=tmp_path / "cache", monitor=False),
         notifier=Notifier(None),
     )
@@ -202,7 +194,7 @@ def test_a_crashed_decode_thread_restarts_its_pipeline(
     """A source whose decode thread crashes (an exception out of the capture, injected into the
     real synthetic source once) is reported by Pipeline.health(); the supervisor restarts that
     model's pipeline and frames flow again."""
-    from agent.pipeline import sources
+    from agent.pipeline.sources import synthetic as sources
 
     original = sources.SyntheticSource._read
     calls = {"n": 0}
@@ -226,7 +218,7 @@ sources:
 daemon: {{stats_interval_s: 1}}
 """
     )
-    daemon = Daemon(
+    daemon = build_service(
         DaemonOptions(
             config_path=config, cache_dir=tmp_path / "cache", monitor=False, duration_s=5.0
         ),

@@ -8,11 +8,16 @@ import numpy as np
 import onnx
 import pytest
 
-from agent.backends.base import BuildRequest, InputShapes, Precision, Runner, get_backend
-from agent.backends.onnxruntime import BACKEND, OPTIMIZED_FILE, OrtRunner
-from agent.core.errors import BuildFailed, ModelError
-from tests.engine.test_engine_prepare import convnet
+from agent.backends import onnxruntime as ort_backend
+from agent.backends.base import BuildRequest, InputShapes, Precision, Runner
+from agent.backends.onnxruntime import OPTIMIZED_FILE, OnnxRuntimeBackend, OrtRunner
+from agent.backends.registry import get_backend
+from agent.core.errors import BuildFailed, InternalError, ModelError
+from agent.engine.onnxfiles import ONNX_FILES
+from tests.helpers.onnx_models import convnet
 
+#: the facade as the engine and the CLI get it: with the ONNX file tools (build, inspect)
+BACKEND = OnnxRuntimeBackend(ONNX_FILES)
 SHAPES = {"images": InputShapes((1, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32))}
 
 
@@ -58,7 +63,9 @@ def _qdq_model(tmp_path: Path) -> Path:
 
 
 def test_backend_facade() -> None:
-    assert get_backend("onnxruntime") is BACKEND
+    assert get_backend("onnxruntime") is ort_backend.BACKEND
+    with_files = get_backend("onnxruntime", onnx_files=ONNX_FILES)
+    assert isinstance(with_files, OnnxRuntimeBackend) and with_files.onnx_files is ONNX_FILES
     ok, why = BACKEND.available()
     assert ok and "onnxruntime" in why
     assert BACKEND.version().count(".") >= 1
@@ -179,3 +186,13 @@ def test_build_and_runner_errors(tmp_path: Path) -> None:
         BACKEND.runner(tmp_path / "empty", "model.onnx").activate()
     with pytest.raises(ModelError, match="no model file"):
         BACKEND.inspect(tmp_path / "empty", "model.onnx")
+
+
+def test_build_and_inspect_need_the_onnx_file_tools(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(convnet(dims=(1, 3, 32, 32)), src)
+    with pytest.raises(InternalError, match="onnx_files"):
+        ort_backend.BACKEND.build(_request(src, tmp_path / "art"))
+    BACKEND.build(_request(src, tmp_path / "art"))
+    with pytest.raises(InternalError, match="onnx_files"):
+        ort_backend.BACKEND.inspect(tmp_path / "art", "model.onnx")

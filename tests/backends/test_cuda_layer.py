@@ -1,4 +1,4 @@
-"""agent/backends/cuda.py on a real GPU (skipped where cuda-python or a GPU is missing)."""
+"""agent/backends/cuda/ (runtime, memory) on a real GPU (skipped without cuda-python or a GPU)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from agent.backends import cuda
+from agent.backends.cuda import memory as cuda_memory
+from agent.backends.cuda import runtime as cuda_runtime
 from agent.core.errors import BackendUnavailable
 
 
 def _gpu_status() -> tuple[bool, str]:
     try:
-        cuda.load_cudart()
+        cuda_runtime.load_cudart()
     except BackendUnavailable:
         return False, "cuda-python is not installed (cuda.bindings.runtime / cuda.cudart)"
-    ok, why = cuda.available()
+    ok, why = cuda_runtime.available()
     return ok, why if not ok else ""
 
 
@@ -29,8 +30,8 @@ pytestmark = [
 
 
 @pytest.fixture
-def stream() -> Iterator[cuda.Stream]:
-    with cuda.Stream() as s:
+def stream() -> Iterator[cuda_runtime.Stream]:
+    with cuda_runtime.Stream() as s:
         yield s
 
 
@@ -47,49 +48,51 @@ def stream() -> Iterator[cuda.Stream]:
         (np.bool_, (129,)),
     ],
 )
-def test_htod_dtoh_round_trip(stream: cuda.Stream, dtype: type, shape: tuple[int, ...]) -> None:
+def test_htod_dtoh_round_trip(
+    stream: cuda_runtime.Stream, dtype: type, shape: tuple[int, ...]
+) -> None:
     rng = np.random.default_rng(0)
     data = (rng.standard_normal(shape) * 100).astype(dtype)
     with (
-        cuda.PinnedBuffer(shape, dtype) as src,
-        cuda.PinnedBuffer(shape, dtype) as dst,
-        cuda.DeviceBuffer(data.nbytes) as dev,
+        cuda_memory.PinnedBuffer(shape, dtype) as src,
+        cuda_memory.PinnedBuffer(shape, dtype) as dst,
+        cuda_memory.DeviceBuffer(data.nbytes) as dev,
     ):
         src.array[...] = data
         dst.array[...] = 0
-        cuda.copy_htod_async(dev, src.array, stream)
-        cuda.copy_dtoh_async(dst.array, dev, stream)
+        cuda_memory.copy_htod_async(dev, src.array, stream)
+        cuda_memory.copy_dtoh_async(dst.array, dev, stream)
         stream.synchronize()
         np.testing.assert_array_equal(dst.array, data)
         assert dst.array.shape == shape and dst.array.dtype == np.dtype(dtype)
 
 
-def test_pageable_arrays_copy_too(stream: cuda.Stream) -> None:
+def test_pageable_arrays_copy_too(stream: cuda_runtime.Stream) -> None:
     data = np.arange(4096, dtype=np.float32)
     out = np.empty_like(data)
-    with cuda.DeviceBuffer(data.nbytes) as dev:
-        cuda.copy_htod_async(dev.ptr, data, stream)
-        cuda.copy_dtoh_async(out, dev.ptr, stream)
+    with cuda_memory.DeviceBuffer(data.nbytes) as dev:
+        cuda_memory.copy_htod_async(dev.ptr, data, stream)
+        cuda_memory.copy_dtoh_async(out, dev.ptr, stream)
         stream.synchronize()
     np.testing.assert_array_equal(out, data)
 
 
-def test_copy_larger_than_buffer_is_refused(stream: cuda.Stream) -> None:
-    with cuda.DeviceBuffer(16) as dev, pytest.raises(ValueError, match="exceeds"):
-        cuda.copy_htod_async(dev, np.zeros(8, np.float32), stream)
+def test_copy_larger_than_buffer_is_refused(stream: cuda_runtime.Stream) -> None:
+    with cuda_memory.DeviceBuffer(16) as dev, pytest.raises(ValueError, match="exceeds"):
+        cuda_memory.copy_htod_async(dev, np.zeros(8, np.float32), stream)
 
 
-def test_event_timing_is_positive(stream: cuda.Stream) -> None:
+def test_event_timing_is_positive(stream: cuda_runtime.Stream) -> None:
     data = np.ones(32 * 1024 * 1024, dtype=np.uint8)  # 32 MiB so the copy takes measurable time
     with (
-        cuda.PinnedBuffer(data.shape, np.uint8) as host,
-        cuda.DeviceBuffer(data.nbytes) as dev,
-        cuda.Event() as start,
-        cuda.Event() as end,
+        cuda_memory.PinnedBuffer(data.shape, np.uint8) as host,
+        cuda_memory.DeviceBuffer(data.nbytes) as dev,
+        cuda_runtime.Event() as start,
+        cuda_runtime.Event() as end,
     ):
         host.array[...] = data
         start.record(stream)
-        cuda.copy_htod_async(dev, host.array, stream)
+        cuda_memory.copy_htod_async(dev, host.array, stream)
         end.record(stream)
         end.synchronize()
         ms = start.elapsed_ms(end)
@@ -106,16 +109,16 @@ def test_two_streams_copy_concurrently() -> None:
     def work(i: int) -> None:
         try:
             with (
-                cuda.Stream() as s,
-                cuda.PinnedBuffer((n,), np.uint8) as src,
-                cuda.PinnedBuffer((n,), np.uint8) as dst,
-                cuda.DeviceBuffer(n) as dev,
+                cuda_runtime.Stream() as s,
+                cuda_memory.PinnedBuffer((n,), np.uint8) as src,
+                cuda_memory.PinnedBuffer((n,), np.uint8) as dst,
+                cuda_memory.DeviceBuffer(n) as dev,
             ):
                 src.array[...] = payloads[i]
                 barrier.wait()
                 for _ in range(5):
-                    cuda.copy_htod_async(dev, src.array, s)
-                    cuda.copy_dtoh_async(dst.array, dev, s)
+                    cuda_memory.copy_htod_async(dev, src.array, s)
+                    cuda_memory.copy_dtoh_async(dst.array, dev, s)
                 s.synchronize()
                 results[i] = dst.array.copy()
         except BaseException as exc:
@@ -134,40 +137,40 @@ def test_two_streams_copy_concurrently() -> None:
 
 
 def test_streams_are_distinct_handles() -> None:
-    with cuda.Stream() as a, cuda.Stream() as b:
+    with cuda_runtime.Stream() as a, cuda_runtime.Stream() as b:
         assert a.handle not in (b.handle, 0)
 
 
 @pytest.mark.slow
-def test_no_device_memory_growth_over_10000_iterations(stream: cuda.Stream) -> None:
+def test_no_device_memory_growth_over_10000_iterations(stream: cuda_runtime.Stream) -> None:
     host = np.arange(1024, dtype=np.float32)
     out = np.empty_like(host)
-    cuda.device_synchronize()
-    free_before, _total = cuda.mem_get_info()
+    cuda_runtime.device_synchronize()
+    free_before, _total = cuda_runtime.mem_get_info()
     for i in range(10_000):
-        with cuda.DeviceBuffer(host.nbytes + (i % 7) * 4096) as dev:
-            cuda.copy_htod_async(dev, host, stream)
-            cuda.copy_dtoh_async(out, dev, stream)
+        with cuda_memory.DeviceBuffer(host.nbytes + (i % 7) * 4096) as dev:
+            cuda_memory.copy_htod_async(dev, host, stream)
+            cuda_memory.copy_dtoh_async(out, dev, stream)
             stream.synchronize()
-    cuda.device_synchronize()
-    free_after, _ = cuda.mem_get_info()
+    cuda_runtime.device_synchronize()
+    free_after, _ = cuda_runtime.mem_get_info()
     np.testing.assert_array_equal(out, host)
     assert free_before - free_after <= 8 * 1024 * 1024, (free_before, free_after)
 
 
 def test_close_is_idempotent_and_use_after_close_fails() -> None:
-    buf = cuda.DeviceBuffer(64)
+    buf = cuda_memory.DeviceBuffer(64)
     buf.close()
     buf.close()
     with pytest.raises(RuntimeError, match="closed"):
         _ = buf.ptr
-    pinned = cuda.PinnedBuffer((4,), np.float32)
+    pinned = cuda_memory.PinnedBuffer((4,), np.float32)
     pinned.close()
     with pytest.raises(RuntimeError, match="closed"):
         _ = pinned.array
 
 
 def test_cuda_errors_carry_the_error_name() -> None:
-    with pytest.raises(cuda.CudaError) as err:
-        cuda.DeviceBuffer(1 << 62)  # far beyond any device
+    with pytest.raises(cuda_runtime.CudaError) as err:
+        cuda_memory.DeviceBuffer(1 << 62)  # far beyond any device
     assert err.value.name.startswith("cudaError")

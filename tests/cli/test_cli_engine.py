@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.assets import CLS_BUNDLE as CLS
+from tests.assets import CLS_CALIB as CALIB
+from tests.assets import CLS_HELDOUT as HELDOUT
 from tests.helpers.cli_util import run_cli
-
-ROOT = Path(__file__).resolve().parents[2]
-CLS = ROOT / "agent" / "data" / "models" / "shapes-cls"
-HELDOUT = ROOT / "agent" / "data" / "heldout" / "shapes-cls"
-CALIB = ROOT / "calib" / "shapes-cls"
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -2,52 +2,35 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
 
 import pytest
 
+from agent.cli import main as cli
 from agent.cli import monitor as monitor_cmds
-from agent.core.errors import EdgeAgentError
-from tests.helpers.cli_util import REPO, run_cli
+from agent.config.profiles.store import ProfileStore
+from agent.monitor.governor.machine import Governor
+from agent.monitor.sample import Sample
+from tests.assets import BOARDS, SYSFS
+from tests.helpers.cli_util import run_cli
 
-SYSFS = REPO / "tests" / "fixtures" / "sysfs" / "orin-nano"
-HOST = REPO / "tests" / "fixtures" / "boards" / "x86-host"
-
-
-def registered() -> bool:
-    from agent.cli import main as cli
-
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return "monitor" in sub.choices
+NANO_SYSFS = SYSFS / "orin-nano"
+HOST = BOARDS / "x86-host"
 
 
 def invoke(argv: list[str]) -> int:
-    """The real CLI entry point when ``monitor`` is registered there, else our own parser."""
-    if registered():
-        from agent.cli import main as cli
-
-        return cli.main(argv)
-    parser = argparse.ArgumentParser(prog="edge-agent")
-    sub = parser.add_subparsers(dest="command")
-    monitor_cmds.register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except EdgeAgentError as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    """The real CLI entry point, in this process."""
+    return cli.main(argv)
 
 
-needs_sysfs = pytest.mark.skipif(not SYSFS.is_dir(), reason="no sysfs fixture")
+needs_sysfs = pytest.mark.skipif(not NANO_SYSFS.is_dir(), reason="no sysfs fixture")
 
 
 @needs_sysfs
 def test_once_json_on_sysfs_fixture(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["monitor", "--once", "--json", "--source", "sysfs", "--root", str(SYSFS)]
+    argv = ["monitor", "--once", "--json", "--source", "sysfs", "--root", str(NANO_SYSFS)]
     assert invoke([*argv, "--profile", "orin-nano-8gb"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1
@@ -82,7 +65,7 @@ def test_once_json_on_host_fixture_with_auto_profile(capsys: pytest.CaptureFixtu
 @needs_sysfs
 def test_count_prints_json_lines_when_not_a_tty(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["monitor", "--count", "3", "--interval", "0.01", "--source", "sysfs"]
-    assert invoke([*argv, "--root", str(SYSFS), "--profile", "orin-nano-8gb"]) == 0
+    assert invoke([*argv, "--root", str(NANO_SYSFS), "--profile", "orin-nano-8gb"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     samples = [json.loads(line) for line in lines]
@@ -100,7 +83,7 @@ def test_tty_shows_a_refreshing_table(monkeypatch: pytest.MonkeyPatch) -> None:
     out = FakeTty()
     monkeypatch.setattr(sys, "stdout", out)
     argv = ["monitor", "--count", "2", "--interval", "0.01", "--source", "sysfs"]
-    assert invoke([*argv, "--root", str(SYSFS), "--profile", "orin-nano-8gb"]) == 0
+    assert invoke([*argv, "--root", str(NANO_SYSFS), "--profile", "orin-nano-8gb"]) == 0
     text = out.getvalue()
     assert text.count("\x1b[H\x1b[2J") == 2
     for needle in ("VDD_IN", "tj-thermal", "ram", "gpu", "nvpmodel", "throttling", "pool size"):
@@ -125,8 +108,6 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 @needs_sysfs
 def test_real_subprocess_once_json() -> None:
-    if not registered():
-        pytest.skip("monitor is not registered in agent/cli/main.py yet")
     proc = run_cli(
         "monitor",
         "--once",
@@ -134,7 +115,7 @@ def test_real_subprocess_once_json() -> None:
         "--source",
         "sysfs",
         "--root",
-        str(SYSFS),
+        str(NANO_SYSFS),
         "--profile",
         "orin-nano-8gb",
         timeout=60,
@@ -145,10 +126,6 @@ def test_real_subprocess_once_json() -> None:
 
 
 def test_render_table_marks_unknown() -> None:
-    from agent.config.profiles import ProfileStore
-    from agent.monitor.governor import Governor
-    from agent.monitor.sample import Sample
-
     profile = ProfileStore().load("orin-nano-8gb")
     gov = Governor(profile, max_fps=None)
     sample = Sample(ts=0.0, source="sysfs:error")

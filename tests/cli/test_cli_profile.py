@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import yaml
 
+from tests.assets import BOARDS, PROFILES_DIR
 from tests.helpers.cli_util import run_cli
-
-REPO = Path(__file__).resolve().parents[2]
-BOARDS = REPO / "tests" / "fixtures" / "boards"
 
 
 def test_list_shows_the_eight_profiles() -> None:
@@ -18,7 +15,7 @@ def test_list_shows_the_eight_profiles() -> None:
     assert result.returncode == 0, result.stderr
     rows = result.stdout.splitlines()[2:]
     names = [row.split()[0] for row in rows]
-    assert sorted(names) == sorted(p.stem for p in (REPO / "device_profiles").glob("*.yaml"))
+    assert sorted(names) == sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
     assert len(names) == 8
     nano4 = next(r for r in rows if r.startswith("orin-nano-4gb "))
     assert " tensorrt " in nano4 and " 8.7 " in nano4

@@ -9,21 +9,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from agent.app.ota_hooks import engine_build_hook
-from agent.config.profiles import ProfileStore
-from agent.config.schema import OtaConfig
+from agent.app.ota_adapters import EngineBuilderAdapter, engine_build_hook
+from agent.config.agent import OtaConfig
+from agent.config.profiles.store import ProfileStore
 from agent.ota.fetch import download_bundle
 from agent.ota.manifest import key_id
+from agent.ota.ports import UpdaterPorts
+from agent.ota.record import ProbationSample
 from agent.ota.store import VersionStore
 from agent.ota.trust import TrustStore, load_private_key
-from agent.ota.updater import BuildResult, ProbationSample, Updater, UpdaterHooks
+from agent.ota.updater import Updater
 from agent.ota.verify import DeviceFacts, Verifier
-from tests.helpers.cli_util import REPO, run_cli
-from tests.helpers.ota_support import CALIB, DEVICE, FLEET, copy_bundle
+from tests.assets import CLS_CALIB as CALIB
+from tests.assets import REPO
+from tests.fakes.ota_ports import FakeServing, ListPublisher
+from tests.helpers.broker import Broker, Collector
+from tests.helpers.cli_util import run_cli
+from tests.helpers.ota_support import DEVICE, FLEET, copy_bundle
 
 
 def _keygen(tmp_path: Path) -> tuple[Path, Path]:
@@ -121,17 +124,11 @@ def test_push_serve_serves_the_files(tmp_path: Path) -> None:
     assert (tmp_path / "stage" / "labels.txt").read_bytes() == (bundle / "labels.txt").read_bytes()
 
 
-def test_push_inline_over_mqtt_into_updater(tmp_path: Path) -> None:
-    broker_mod = pytest.importorskip("broker")
-    if broker_mod.mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed")
+def test_push_inline_over_mqtt_into_updater(tmp_path: Path, broker: Broker) -> None:
     priv, trust = _keygen(tmp_path)
     bundle = copy_bundle(tmp_path / "bundle")
     topic = f"edge/{FLEET}/{DEVICE}/ota"
-    with (
-        broker_mod.Broker(tmp_path / "broker") as broker,
-        broker_mod.Collector(broker.url, [topic]) as col,
-    ):
+    with Collector(broker.url, [topic]) as col:
         res = run_cli(
             "push", str(bundle), "--key", str(priv), "--version", "2", "--inline",
             "--chunk-kib", "16", "--device", DEVICE, "--fleet", FLEET,
@@ -143,7 +140,6 @@ def test_push_inline_over_mqtt_into_updater(tmp_path: Path) -> None:
         assert col.wait_for(lambda msgs: len(msgs) >= sent, 20)
         payloads: list[bytes] = [m.payload for m in col.on(topic)]
 
-    activations: list[tuple[str, Path, BuildResult]] = []
     build = engine_build_hook(
         ProfileStore().load("cpu"),
         cache_dir=tmp_path / "cache",
@@ -151,27 +147,23 @@ def test_push_inline_over_mqtt_into_updater(tmp_path: Path) -> None:
         precision="fp32",
         gate_seconds=0.2,
     )
-    states: list[dict[str, Any]] = []
-    hooks = UpdaterHooks(
-        build=build,
-        activate=lambda m, b, r: activations.append((m, b, r)),
-        probation_sample=lambda: ProbationSample(fps=None),
-        publish_state=states.append,
-    )
+    serving = FakeServing(steady=ProbationSample(fps=None))
+    publisher = ListPublisher()
+    ports = UpdaterPorts(builder=EngineBuilderAdapter(build), serving=serving, publisher=publisher)
     facts = DeviceFacts(fleet=FLEET, device_id=DEVICE, profile="cpu", family="cpu")
     store = VersionStore(tmp_path / "state")
     up = Updater(
         Verifier(TrustStore.load(trust), facts, store),
-        hooks,
+        ports,
         config=OtaConfig(probation_s=0.1, probation_interval_s=0.05),
     )
     for payload in payloads:
         up.submit(payload)
     while up.run_once(0.2):
         pass
-    assert states[-1]["state"] == "active", states[-1]
+    assert publisher.last["state"] == "active", publisher.last
     assert up.committed()["shapes-cls"].version == 2
-    assert activations and activations[0][1] == store.version_dir("shapes-cls", 2)
+    assert serving.activations and serving.activations[0][1] == store.version_dir("shapes-cls", 2)
 
     status = run_cli("ota-status", "--state-dir", str(tmp_path / "state"), "--json")
     assert status.returncode == 0, status.stderr

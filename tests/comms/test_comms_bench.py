@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.assets import REPO
 from tests.helpers.broker import mosquitto_binary
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

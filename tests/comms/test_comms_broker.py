@@ -11,21 +11,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.comms.telemetry import CommsService
-from agent.config.schema import MqttConfig
+from agent.comms.service import CommsService
+from agent.config.broker import MqttConfig
+from tests.assets import REPO
 from tests.helpers.broker import Broker, Collector, Message, free_port, mosquitto_binary
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None, reason="mosquitto binary not installed (scripts/test.sh adds it)"
 )
 
-REPO = Path(__file__).resolve().parents[2]
-DRIVER = REPO / "tests" / "comms_driver.py"
+DRIVER = REPO / "tests" / "helpers" / "comms_driver.py"
 FLEET, DEV = "fleet1", "dev1"
 EVENTS = f"edge/{FLEET}/{DEV}/events"
 STATE = f"edge/{FLEET}/{DEV}/state"
@@ -41,12 +40,6 @@ def _cfg(url: str, **kw: object) -> MqttConfig:
     }
     base.update(kw)
     return MqttConfig.model_validate(base)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with Broker(tmp_path / "broker") as b:
-        yield b
 
 
 def _seqs(msgs: list[Message]) -> list[int]:

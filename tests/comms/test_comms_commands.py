@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.comms.commands import CommandDispatcher
-from agent.comms.telemetry import CommsService
-from agent.config.schema import MqttConfig
+from agent.comms.commands.dispatch import CommandDispatcher
+from agent.comms.service import CommsService
+from agent.config.broker import MqttConfig
 from agent.core.errors import EdgeAgentError
 from tests.helpers.broker import Broker, Collector, mosquitto_binary
 
@@ -35,7 +35,7 @@ BASE = f"edge/{FLEET}/{DEV}"
 
 
 class FakeControl:
-    """Test double of agent.comms.commands.Control that records every call."""
+    """Test double of agent.comms.ports.Control that records every call."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -321,7 +321,7 @@ def test_failed_and_bad_args_commands_are_logged(caplog: pytest.LogCaptureFixtur
     def request(rid: str, args: dict[str, Any]) -> bytes:
         return json.dumps({"id": rid, "expires": time.time() + 30, "args": args}).encode()
 
-    with caplog.at_level(logging.WARNING, logger="agent.comms.commands"):
+    with caplog.at_level(logging.WARNING, logger="agent.comms.commands.dispatch"):
         failed = json.loads(disp.handle("set-profile", request("r-fail", {"name": "missing"})))
         bad = json.loads(disp.handle("set-profile", request("r-args", {"name": 7})))
     assert failed["error"]["code"] == "failed" and bad["error"]["code"] == "bad_args"
@@ -339,8 +339,8 @@ def test_rollback_model_still_running_is_answered_queued(monkeypatch: pytest.Mon
     import concurrent.futures
     from types import SimpleNamespace
 
-    from agent.app import wiring as fleet
-    from agent.config.schema import AgentConfig
+    from agent.app import control as app_control
+    from agent.config.agent import AgentConfig
 
     cfg = AgentConfig.model_validate(
         {"device_id": DEV, "fleet": FLEET, "models": [{"name": "det", "bundle": "b"}]}
@@ -353,9 +353,9 @@ def test_rollback_model_still_running_is_answered_queued(monkeypatch: pytest.Mon
             asked.append(model)
             return pending
 
-    monkeypatch.setattr(fleet, "ROLLBACK_WAIT_S", 0.05)
-    daemon: Any = SimpleNamespace(cfg=cfg)
-    control = fleet.DaemonControl(daemon, Updater)  # type: ignore[arg-type]
+    monkeypatch.setattr(app_control, "ROLLBACK_WAIT_S", 0.05)
+    config: Any = SimpleNamespace(cfg=cfg)
+    control = app_control.DaemonControl(config, lambda _source: None, lambda: None, Updater)
     disp = CommandDispatcher(
         control, device=DEV, publish=lambda b: None, state_dir=None, max_payload_bytes=4096
     )

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from agent.comms.prometheus import PrometheusExporter
-from agent.config.schema import PrometheusConfig
+from agent.config.agent import PrometheusConfig
 from agent.core.errors import CommsError
 from tests.helpers.broker import free_port
 

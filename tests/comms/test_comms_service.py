@@ -5,27 +5,22 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.comms.mqtt import publish_once, redact_url
-from agent.comms.telemetry import CommsService
+from agent.comms.mqtt import publish_once
+from agent.comms.service import CommsService
 from agent.comms.topics import Topics
-from agent.config.schema import AgentConfig, MqttConfig
+from agent.config.agent import AgentConfig
+from agent.config.broker import MqttConfig
 from agent.core.errors import CommsError
+from agent.core.redact import redact_text
 from tests.helpers.broker import Broker, Collector, free_port, mosquitto_binary
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None, reason="mosquitto binary not installed (scripts/test.sh adds it)"
 )
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with Broker(tmp_path / "broker") as b:
-        yield b
 
 
 @pytest.mark.timeout(60)
@@ -120,7 +115,7 @@ def test_topics_and_config() -> None:
     assert t.command_name("edge/fl/dev/cmd/response") is None
     assert t.command_name("edge/fl/other/cmd/ping") is None
     assert t.is_ota("edge/fl/dev/ota") and not t.is_ota("edge/fl/group/x/ota")
-    assert redact_url("mqtt://user:pw@host:1883") == "mqtt://***@host:1883"
+    assert redact_text("mqtt://user:pw@host:1883") == "mqtt://***@host:1883"
     with pytest.raises(ValueError, match="reconnect_min_s"):
         MqttConfig(reconnect_min_s=10, reconnect_max_s=5)
     cfg = AgentConfig.model_validate(
@@ -184,7 +179,7 @@ def test_broker_port_out_of_range_is_a_config_error() -> None:
     """A port outside 1..65535 is refused with the field named, not retried forever."""
     from pydantic import ValidationError
 
-    from agent.comms.mqtt import parse_url
+    from agent.comms.endpoint import parse_url
 
     for url in ("mqtt://127.0.0.1:70000", "mqtts://broker:0"):
         with pytest.raises(ValidationError, match=r"url[\s\S]*not in 1\.\.65535"):
@@ -230,7 +225,7 @@ def test_unreadable_boot_counter_is_logged(
     cfg = MqttConfig(url=f"mqtt://127.0.0.1:{free_port()}")
     for expected in (1, 2):
         svc = CommsService(cfg, fleet="f", device_id="d", state_dir=tmp_path)
-        with caplog.at_level(logging.WARNING, logger="agent.comms.telemetry"):
+        with caplog.at_level(logging.WARNING, logger="agent.comms.boot"):
             svc.start()
         svc.close(timeout_s=1)
         assert svc.boot == expected

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.comms.mqtt import publish_once, tls_context
-from agent.comms.telemetry import CommsService
-from agent.config.schema import MqttConfig
+from agent.comms.mqtt import publish_once
+from agent.comms.service import CommsService
+from agent.comms.tls import tls_context
+from agent.config.broker import MqttConfig
 from agent.core.errors import CommsError
 from tests.helpers.broker import Broker, Collector, Pki, make_pki, mosquitto_binary
 

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli.config import validate_file
 from agent.cli.main import main
-from agent.config.schema import AgentConfig, DeviceProfile
+from agent.config.agent import AgentConfig
+from agent.config.device import DeviceProfile
+from agent.config.load import validate_file
 from agent.config.yaml import load_model_file, parse_yaml
 from agent.core.errors import ConfigError
+from tests.assets import DET_BUNDLE, PROFILES_DIR, REPO
 from tests.helpers.cli_util import run_cli
 
-REPO = Path(__file__).resolve().parents[2]
-PROFILES = sorted((REPO / "device_profiles").glob("*.yaml"))
+PROFILES = sorted(PROFILES_DIR.glob("*.yaml"))
 
 GOOD_AGENT = """\
 device_id: cam-01
@@ -48,7 +49,7 @@ def line_of(text: str, needle: str) -> int:
 
 @pytest.fixture()
 def agent_yaml(tmp_path: Path) -> Path:
-    bundle = REPO / "agent" / "data" / "models" / "shapes-det"
+    bundle = DET_BUNDLE
     path = tmp_path / "agent.yaml"
     path.write_text(GOOD_AGENT.format(bundle=bundle))
     return path

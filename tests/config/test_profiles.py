@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agent.config.profiles import (
-    BoardInfo,
-    ProfileStore,
-    default_profiles_dir,
-    detect,
-    module_part_number,
-    parse_l4t_release,
-    read_board,
-)
-from agent.config.schema import DeviceProfile
+from agent.config.device import DeviceProfile
+from agent.config.profiles.board import BoardInfo, module_part_number, parse_l4t_release, read_board
+from agent.config.profiles.detect import detect
+from agent.config.profiles.store import ProfileStore, default_profiles_dir
 from agent.config.yaml import load_model_file
 from agent.core.errors import ConfigError, DetectionError, ProfileNotFound
+from tests.assets import BOARDS, PROFILES_DIR
 
-REPO = Path(__file__).resolve().parents[2]
-PROFILES_DIR = REPO / "device_profiles"
-BOARDS = Path(__file__).resolve().parents[1] / "fixtures" / "boards"
 EXPECTED = {
     "orin-nano-4gb",
     "orin-nano-8gb",
@@ -39,12 +32,6 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def store() -> ProfileStore:
     return ProfileStore(PROFILES_DIR)
-
-
-def copy_board(name: str, dest: Path) -> Path:
-    root = dest / name
-    shutil.copytree(BOARDS / name, root)
-    return root
 
 
 def write_dt(root: Path, model: bytes | None = None, compatible: bytes | None = None) -> None:
@@ -295,29 +282,33 @@ def test_shared_model_string_is_split_by_part_number(store: ProfileStore) -> Non
     assert "p3767-0004" in result.reason
 
 
-def test_without_a_part_number_memtotal_decides(tmp_path: Path, store: ProfileStore) -> None:
+def test_without_a_part_number_memtotal_decides(
+    store: ProfileStore, board_root: Callable[[str], Path]
+) -> None:
     for board, expected in [
         ("orin-nano-4gb", "orin-nano-4gb"),
         ("orin-nano-8gb-devkit", "orin-nano-8gb"),
     ]:
-        root = copy_board(board, tmp_path)
+        root = board_root(board)
         write_dt(root, compatible=b"nvidia,tegra234\0")
         result = detect(root, store)
         assert result.profile == expected, result.reason
         assert "MemTotal" in result.reason
 
 
-def test_orin_nx_8gb_is_told_from_16gb(tmp_path: Path, store: ProfileStore) -> None:
-    root = copy_board("orin-nx-16gb", tmp_path)
+def test_orin_nx_8gb_is_told_from_16gb(
+    store: ProfileStore, board_root: Callable[[str], Path]
+) -> None:
+    root = board_root("orin-nx-16gb")
     write_dt(root, compatible=b"nvidia,p3768-0000+p3767-0001\0nvidia,p3767-0001\0nvidia,tegra234\0")
     (root / "proc" / "meminfo").write_text("MemTotal:        7802880 kB\n", encoding="utf-8")
     assert detect(root, store).profile == "orin-nx-8gb"
 
 
 def test_custom_carrier_model_falls_back_to_part_number(
-    tmp_path: Path, store: ProfileStore
+    store: ProfileStore, board_root: Callable[[str], Path]
 ) -> None:
-    root = copy_board("agx-orin-64gb", tmp_path)
+    root = board_root("agx-orin-64gb")
     write_dt(root, model=b"Acme Rugged Box AGX\0")
     result = detect(root, store)
     assert result.profile == "agx-orin-64gb"
@@ -347,7 +338,7 @@ def test_garbage_model_file_gives_cpu_and_a_warning(
 ) -> None:
     root = tmp_path / "garbage"
     write_dt(root, model=b"\xff\xfe\x00\x9c\x80binary junk\x07\x00")
-    with caplog.at_level(logging.WARNING, logger="agent.config.profiles"):
+    with caplog.at_level(logging.WARNING, logger="agent.config.profiles.board"):
         result = detect(root, store)
     assert result.profile == "cpu"
     assert result.board.model is None
@@ -361,15 +352,15 @@ def test_unreadable_model_file_gives_cpu_not_an_exception(
     # A directory where the file should be fails to read with an OSError even as root.
     root = tmp_path / "broken"
     (root / "proc" / "device-tree" / "model").mkdir(parents=True)
-    with caplog.at_level(logging.WARNING, logger="agent.config.profiles"):
+    with caplog.at_level(logging.WARNING, logger="agent.config.profiles.board"):
         result = detect(root, store)
     assert result.profile == "cpu"
     assert "cannot read" in result.reason
     assert caplog.records
 
 
-def test_garbled_release_and_meminfo_become_none(tmp_path: Path) -> None:
-    root = copy_board("xavier-nx", tmp_path)
+def test_garbled_release_and_meminfo_become_none(board_root: Callable[[str], Path]) -> None:
+    root = board_root("xavier-nx")
     (root / "etc" / "nv_tegra_release").write_bytes(b"\x00\x01 not a release")
     (root / "proc" / "meminfo").write_text("MemFree: 12 kB\n", encoding="utf-8")
     board = read_board(root)
@@ -403,6 +394,6 @@ def test_detect_needs_a_cpu_profile_to_fall_back_to(tmp_path: Path) -> None:
     ],
 )
 def test_jetpack_for_l4t(l4t: str | None, jetpack: str | None) -> None:
-    from agent.config.profiles import jetpack_for_l4t
+    from agent.config.profiles.board import jetpack_for_l4t
 
     assert jetpack_for_l4t(l4t) == jetpack

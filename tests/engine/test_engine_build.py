@@ -6,17 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.profiles import ProfileStore
-from agent.config.schema import DeviceProfile
+from agent.config.device import DeviceProfile
+from agent.config.profiles.store import ProfileStore
 from agent.core.errors import BuildFailed, CalibrationError
-from agent.engine import build as build_mod
-from agent.engine.build import build_engine
+from agent.engine.build import steps as build_mod
+from agent.engine.build.orchestrator import build_engine
 from agent.engine.cache import MANIFEST, load_artifact, tmp_dirs
-
-ROOT = Path(__file__).resolve().parents[2]
-CLS = ROOT / "agent" / "data" / "models" / "shapes-cls"
-DET = ROOT / "agent" / "data" / "models" / "shapes-det"
-CALIB = ROOT / "calib"
+from tests.assets import CALIB
+from tests.assets import CLS_BUNDLE as CLS
+from tests.assets import DET_BUNDLE as DET
 
 
 @pytest.fixture(scope="module")

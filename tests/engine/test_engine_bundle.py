@@ -11,10 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.core.errors import ConfigError, ModelError
-from agent.engine.bundle import ModelBundle, file_sha256, load_bundle
-
-REPO = Path(__file__).resolve().parents[2]
-MODELS = REPO / "agent" / "data" / "models"
+from agent.core.fsutil import sha256_file
+from agent.engine.bundle import ModelBundle, load_bundle
+from tests.assets import MODELS
 
 YAML = """name: tiny
 version: 3
@@ -57,7 +56,7 @@ def test_load_from_directory_and_yaml(tmp_path: Path) -> None:
     assert bundle.config.name == "tiny" and bundle.config.version == 3
     assert bundle.labels == ("a", "b")
     assert bundle.onnx_path == (d / "model.onnx").resolve()
-    assert bundle.onnx_sha256 == file_sha256(d / "model.onnx")
+    assert bundle.onnx_sha256 == sha256_file(d / "model.onnx")
     assert load_bundle(d / "model.yaml") == bundle
 
 

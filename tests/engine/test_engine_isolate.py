@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from agent.core.errors import BuildFailed, ModelError
-from agent.engine.isolate import is_out_of_memory_text, run_isolated
+from agent.engine.isolate.launch import run_isolated
+from agent.engine.isolate.protocol import is_out_of_memory_text
 
 # Targets run in a spawned child, so they must be module-level functions.
 
@@ -130,7 +131,7 @@ def test_bad_alloc_text_is_out_of_memory() -> None:
 
 def test_cuda_backends_get_no_address_space_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.backends.base import BuildRequest
-    from agent.engine import isolate
+    from agent.engine.isolate import launch as isolate
 
     seen: dict[str, bool] = {}
 

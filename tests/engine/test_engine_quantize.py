@@ -13,23 +13,18 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.config.schema import DeviceProfile
-from agent.config.yaml import load_model_file
+from agent.config.device import DeviceProfile
 from agent.core.errors import CalibrationError, ModelError
 from agent.engine.bundle import ModelBundle, load_bundle
-from agent.engine.calibration import CalibrationSet, FrameReader, load_calibration_set
+from agent.engine.calibration import CalibrationSet, load_calibration_set
 from agent.engine.prepare import PreparedModel, prepare
-from agent.engine.quantize import RECIPES, channel_error, find_outliers, float_tail, quantize
-from tests.engine.test_engine_prepare import convnet, make_bundle
-
-REPO = Path(__file__).resolve().parents[2]
-MODELS = REPO / "agent" / "data" / "models"
-CALIB = REPO / "calib"
-
-
-@pytest.fixture(scope="module")
-def cpu_profile() -> DeviceProfile:
-    return load_model_file(REPO / "device_profiles" / "cpu.yaml", DeviceProfile)
+from agent.engine.quantize.entry import quantize
+from agent.engine.quantize.placement import float_tail
+from agent.engine.quantize.probe import channel_error, find_outliers
+from agent.engine.quantize.reader import FrameReader
+from agent.engine.quantize.recipes import RECIPES
+from tests.assets import CALIB, MODELS
+from tests.helpers.onnx_models import convnet, make_bundle
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

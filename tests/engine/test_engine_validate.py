@@ -8,18 +8,12 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from agent.config.schema import ModelBundleConfig
+from agent.config.model import ModelBundleConfig
 from agent.core.errors import ValidationFailed
-from agent.engine.validate import (
-    GateReport,
-    LatencyStats,
-    PrecisionResult,
-    box_agreement,
-    choose_precision,
-    compare_outputs,
-    measure_latency,
-    validate_candidates,
-)
+from agent.engine.validate.choice import choose_precision
+from agent.engine.validate.gate import measure_latency, validate_candidates
+from agent.engine.validate.metrics import box_agreement, compare_outputs
+from agent.engine.validate.results import GateReport, LatencyStats, PrecisionResult
 from agent.vision.decode import Detections
 
 

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.engine.isolate import BUILD_OOM_SCORE_ADJ, run_isolated
+from agent.engine.isolate.launch import run_isolated
+from agent.engine.isolate.limits import BUILD_OOM_SCORE_ADJ
 
 
 def _identify(progress: Any, marker: str, hold_s: float) -> dict[str, int]:

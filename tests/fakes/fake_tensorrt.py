@@ -1,8 +1,8 @@
 """A fake ``tensorrt`` module per API generation ("8.6", "10.3", "11.0"), plus a fake CUDA layer.
 
-Only what ``agent/backends/tensorrt.py`` calls is mirrored, with the names and parameter names of
-the real API (checked against ``tensorrt-stubs`` by ``tests/test_backend_tensorrt.py``). The
-generations differ where TensorRT does:
+Only what ``agent/backends/tensorrt/`` calls is mirrored, with the names and parameter names of
+the real API (checked against ``tensorrt-stubs`` by ``tests/backends/test_tensorrt_stubs.py``).
+The generations differ where TensorRT does:
 
 * 8.6: ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` (the ONNX parser refuses implicit-batch
   networks), no ``STRONGLY_TYPED``; ``Builder.build_engine``/``max_batch_size``; the bindings API
@@ -30,8 +30,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from agent.backends.base import BuildRequest, InputShapes
+
 MAGIC = b"FAKETRT1"
 GENERATIONS = ("8.6", "10.3", "11.0")
+#: the optimization-profile shapes of :func:`onnx_relu_model`'s input
+SHAPES = {"images": InputShapes((1, 3, 4, 4), (4, 3, 4, 4), (8, 3, 4, 4))}
+#: what each generation's build sets: (network flags, builder flags for int8, for fp16)
+EXPECTED_FLAGS = {
+    "8.6": (("EXPLICIT_BATCH",), ("INT8", "FP16"), ("FP16",)),
+    "10.3": ((), ("INT8", "FP16"), ("FP16",)),
+    "11.0": (("STRONGLY_TYPED",), (), ()),
+}
 
 
 # --------------------------------------------------------------------------- shared state
@@ -789,7 +799,8 @@ def make_stub_namespace() -> types.ModuleType:
 
 
 class FakeCuda:
-    """The API of :mod:`agent.backends.cuda` over :class:`DeviceMemory`, recording calls."""
+    """The API of :class:`agent.backends.tensorrt.runner.CudaLayer` over :class:`DeviceMemory`,
+    recording calls."""
 
     def __init__(self, memory: DeviceMemory) -> None:
         self.memory = memory
@@ -873,3 +884,19 @@ def onnx_relu_model(
     graph = helper.make_graph(nodes, "g", [x], [y])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+def build_request(tmp_path: Path, **overrides: Any) -> BuildRequest:
+    """A build of ``tmp_path/model.onnx`` (:func:`onnx_relu_model`) into ``tmp_path/artifact``:
+    int8, :data:`SHAPES`, 256 MiB workspace, optimization level 2; ``overrides`` replace fields."""
+    fields: dict[str, Any] = {
+        "onnx_path": tmp_path / "model.onnx",
+        "out_dir": tmp_path / "artifact",
+        "precision": "int8",
+        "shapes": SHAPES,
+        "workspace_mib": 256,
+        "optimization_level": 2,
+        "timing_cache": None,
+    }
+    fields.update(overrides)
+    return BuildRequest(**fields)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.comms.telemetry import CommsService
-from agent.config.schema import MqttConfig
+from agent.comms.service import CommsService
+from agent.config.broker import MqttConfig
 from agent.core.logs import configure_logging
 
 

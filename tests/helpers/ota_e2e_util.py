@@ -28,10 +28,9 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-REPO = Path(__file__).resolve().parents[2]
-SHAPES = REPO / "agent" / "data" / "models" / "shapes-cls"
-CALIB = REPO / "calib" / "shapes-cls"
-SAMPLE_VIDEO = REPO / "agent" / "data" / "samples" / "shapes.mp4"
+from tests.assets import CLS_BUNDLE, REPO
+from tests.assets import CLS_CALIB as CALIB
+
 MODEL = "shapes-cls"
 #: served frames are brighter than this (mean of the /255 input), held-out frames are darker
 BRIGHT_THRESHOLD = 0.9
@@ -42,7 +41,7 @@ BRIGHT_THRESHOLD = 0.9
 
 def copy_bundle(dest: Path, *, version: int | None = None) -> Path:
     """A copy of the bundled shapes classifier; ``version`` goes into model.yaml."""
-    shutil.copytree(SHAPES, dest)
+    shutil.copytree(CLS_BUNDLE, dest)
     (dest / "metrics.json").unlink(missing_ok=True)
     if version is not None:
         _edit_yaml(dest, version=version)

@@ -15,16 +15,14 @@ from agent.ota.manifest import Compat, Manifest, Payload, sign_manifest
 from agent.ota.store import VersionStore
 from agent.ota.trust import TrustStore
 from agent.ota.verify import DeviceFacts, Verifier
+from tests.assets import CLS_BUNDLE
 
-ROOT = Path(__file__).resolve().parents[2]
-SHAPES = ROOT / "agent" / "data" / "models" / "shapes-cls"
-CALIB = ROOT / "calib" / "shapes-cls"
 FLEET, DEVICE = "fleet1", "dev1"
 
 
 def copy_bundle(dest: Path) -> Path:
     """A fresh copy of the bundled shapes classifier (model.yaml, model.onnx, labels.txt)."""
-    shutil.copytree(SHAPES, dest)
+    shutil.copytree(CLS_BUNDLE, dest)
     (dest / "metrics.json").unlink(missing_ok=True)
     return dest
 

@@ -10,16 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config.profiles import ProfileStore
-from agent.config.schema import DeviceProfile
-from agent.monitor.governor import (
-    ACTIONS,
-    Decision,
-    Governor,
-    GovernorEvent,
-    GovernorState,
-    fps_floor,
-)
+from agent.config.device import DeviceProfile
+from agent.config.profiles.store import ProfileStore
+from agent.monitor.governor.actions import ACTIONS, Decision, GovernorEvent
+from agent.monitor.governor.limits import fps_floor
+from agent.monitor.governor.machine import Governor
+from agent.monitor.governor.states import GovernorState
 from agent.monitor.sample import MemorySample, Sample
 
 TOTAL_MIB = 15_656.0  # Orin NX 16GB MemTotal
@@ -366,7 +362,7 @@ def test_events_carry_what_why_reading_and_counters(nx16: DeviceProfile) -> None
         mk(float(t), temp=x, mem=m) for t, (x, m) in enumerate(zip(temps, mems, strict=True))
     ]
     events = drive(gov, clock, samples)
-    assert gov.counters == {a: Counter(e.action for e in events)[a] for a in ACTIONS}
+    assert gov.counters == {a: Counter(e.action.value for e in events)[a] for a in ACTIONS}
     assert sum(gov.counters.values()) == len(events)
     for e in events:
         assert e.action in ACTIONS

@@ -10,29 +10,22 @@ import importlib.abc
 import importlib.machinery
 import logging
 import multiprocessing
-import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from agent.config.profiles import ProfileStore
+from agent.config.profiles.store import ProfileStore
 from agent.monitor.host import HostSource
 from agent.monitor.jtop import JtopSource, JtopUnavailable, import_jtop
 from agent.monitor.select import open_source
 from agent.monitor.sysfs import SysfsSource
+from tests.assets import SYSFS as FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sysfs"
 STAT_2 = "cpu  1450 0 650 8850 550 0 0 0 0 0\n"  # vs fixtures: 1500 jiffies, 900 idle → 40 %
-
-
-def copy_board(board: str, tmp_path: Path) -> Path:
-    root = tmp_path / board
-    shutil.copytree(FIXTURES / board, root, symlinks=True)
-    return root
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -54,8 +47,8 @@ class Clock:
 # --------------------------------------------------------------------------- sysfs boards
 
 
-def test_orin_nano_parsed(tmp_path: Path) -> None:
-    root = copy_board("orin-nano", tmp_path)
+def test_orin_nano_parsed(sysfs_root: Callable[[str], Path]) -> None:
+    root = sysfs_root("orin-nano")
     source = SysfsSource(root)
     s = source.read()
     assert s.source == "sysfs"
@@ -157,9 +150,9 @@ def test_gpu_load_found_through_devfreq(tmp_path: Path) -> None:
 
 
 def test_garbage_and_missing_files_unknown_and_warned_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture, sysfs_root: Callable[[str], Path]
 ) -> None:
-    root = copy_board("orin-nano", tmp_path)
+    root = sysfs_root("orin-nano")
     hw = root / "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon1"
     (hw / "in2_input").write_text("garbage\n")
     (hw / "curr3_input").unlink()
@@ -217,8 +210,10 @@ def test_empty_root_is_all_unknown(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert (h.power_w, h.temps_c, h.memory.total_mib) == ({}, {}, None)
 
 
-def test_rail_recovers_after_garbage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    root = copy_board("orin-nx", tmp_path)
+def test_rail_recovers_after_garbage(
+    caplog: pytest.LogCaptureFixture, sysfs_root: Callable[[str], Path]
+) -> None:
+    root = sysfs_root("orin-nx")
     target = root / "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon1/curr1_input"
     source = SysfsSource(root)
     target.write_text("-\n")
@@ -227,8 +222,8 @@ def test_rail_recovers_after_garbage(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert source.read().board_power_w == pytest.approx(10.5336)
 
 
-def test_cpu_counters_going_backwards_give_unknown(tmp_path: Path) -> None:
-    root = copy_board("orin-nano", tmp_path)
+def test_cpu_counters_going_backwards_give_unknown(sysfs_root: Callable[[str], Path]) -> None:
+    root = sysfs_root("orin-nano")
     source = SysfsSource(root)
     source.read()
     (root / "proc/stat").write_text("cpu  10 0 5 80 5 0 0 0 0 0\n")  # counters reset
@@ -238,8 +233,8 @@ def test_cpu_counters_going_backwards_give_unknown(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- host
 
 
-def test_x86_host_rapl_thermal_memory(tmp_path: Path) -> None:
-    root = copy_board("x86-host", tmp_path)
+def test_x86_host_rapl_thermal_memory(sysfs_root: Callable[[str], Path]) -> None:
+    root = sysfs_root("x86-host")
     clock = Clock()
     source = HostSource(root, clock=clock)
     s = source.read()
@@ -263,8 +258,8 @@ def test_x86_host_rapl_thermal_memory(tmp_path: Path) -> None:
     assert s2.cpu_load_pct == pytest.approx(40.0)
 
 
-def test_rapl_wraparound(tmp_path: Path) -> None:
-    root = copy_board("x86-host", tmp_path)
+def test_rapl_wraparound(sysfs_root: Callable[[str], Path]) -> None:
+    root = sysfs_root("x86-host")
     energy = root / "sys/class/powercap/intel-rapl:0/energy_uj"
     energy.write_text("262143000000\n")  # 328850 µJ below max_energy_range_uj
     clock = Clock()
@@ -276,9 +271,9 @@ def test_rapl_wraparound(tmp_path: Path) -> None:
 
 
 def test_rapl_unreadable_energy_warns_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture, sysfs_root: Callable[[str], Path]
 ) -> None:
-    root = copy_board("x86-host", tmp_path)
+    root = sysfs_root("x86-host")
     energy = root / "sys/class/powercap/intel-rapl:0/energy_uj"
     energy.unlink()
     energy.mkdir()  # unreadable, like a root-only file for a normal user

@@ -31,10 +31,12 @@ from typing import Any
 import pytest
 
 from agent.comms.mqtt import publish_once
-from agent.config.schema import MqttConfig
-from agent.fleet.push import BundleServer, bundle_files, make_manifest
+from agent.config.broker import MqttConfig
+from agent.fleet.push import bundle_files, make_manifest
+from agent.fleet.server import BundleServer
 from agent.ota.manifest import Payload, sign_manifest
 from agent.ota.trust import load_private_key
+from tests.assets import REPO
 from tests.helpers.broker import Broker, Collector, mosquitto_binary
 from tests.helpers.ota_e2e_util import (
     MODEL,
@@ -256,7 +258,7 @@ def push_serve(env: Env, bundle: Path, version: int, device: str, out: Path) -> 
     cmd += ["--fleet", FLEET, "--mqtt-url", env.broker.url, "--out", str(out)]
     proc = subprocess.Popen(
         cmd,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO,
         env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -16,7 +16,8 @@ import pytest
 
 from agent.core.errors import OtaError, OtaRejected
 from agent.core.fsutil import sha256_file
-from agent.fleet.push import BundleServer, bundle_files, chunk_messages
+from agent.fleet.push import bundle_files, chunk_messages
+from agent.fleet.server import BundleServer
 from agent.ota.fetch import ChunkAssembler, download_bundle, download_file
 from agent.ota.manifest import FileEntry, Payload, manifest_sha256
 from tests.helpers.ota_support import copy_bundle, file_payload, manifest_for

@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.errors import OtaError, OtaRejected
+from agent.ota.canonical import canonical_json
 from agent.ota.manifest import (
-    canonical_json,
     check_relative_path,
     key_id,
     manifest_sha256,
     sign_manifest,
 )
-from agent.ota.trust import TrustStore, generate_keypair, load_private_key
+from agent.ota.trust import TrustStore
 from tests.helpers.ota_support import (
     copy_bundle,
     envelope_bytes,
@@ -196,16 +196,3 @@ def test_trust_store_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(OtaError) as info:
         TrustStore.load(tmp_path / "bad")
     assert str(tmp_path / "bad" / "x.pub") in str(info.value)
-
-
-def test_generate_keypair_mode_and_no_overwrite(tmp_path: Path) -> None:
-    priv, pub, kid = generate_keypair(tmp_path / "keys", "ops")
-    assert priv.stat().st_mode & 0o777 == 0o600
-    key = load_private_key(priv)
-    assert key_id(key.public_key()) == kid
-    trust = TrustStore.load(tmp_path / "keys")
-    assert list(trust.keys) == [kid] and pub.suffix == ".pub"
-    before = priv.read_bytes()
-    with pytest.raises(OtaError, match="overwrite"):
-        generate_keypair(tmp_path / "keys", "ops")
-    assert priv.read_bytes() == before

@@ -14,23 +14,19 @@ from typing import Any
 
 import pytest
 
-from agent.app.ota_hooks import engine_build_hook
-from agent.config.profiles import ProfileStore
-from agent.config.schema import OtaConfig
+from agent.app.ota_adapters import engine_build_hook
+from agent.config.agent import OtaConfig
+from agent.config.profiles.store import ProfileStore
 from agent.engine.cache import MANIFEST
-from agent.fleet.push import BundleServer, bundle_files, chunk_messages
+from agent.fleet.push import bundle_files, chunk_messages
+from agent.fleet.server import BundleServer
 from agent.ota.manifest import Payload
-from agent.ota.updater import (
-    TERMINAL,
-    TRANSITIONS,
-    BuildResult,
-    ProbationSample,
-    Updater,
-    UpdaterHooks,
-    UpdateState,
-)
+from agent.ota.ports import UpdaterPorts
+from agent.ota.record import BuildResult, ProbationSample
+from agent.ota.states import TERMINAL, TRANSITIONS, UpdateState
+from agent.ota.updater import Updater
+from tests.assets import CLS_CALIB as CALIB
 from tests.helpers.ota_support import (
-    CALIB,
     copy_bundle,
     envelope_bytes,
     file_payload,
@@ -90,19 +86,23 @@ class Recorder:
         assert current.validated_fps is not None
         return ProbationSample(fps=current.validated_fps * self.fps_fraction, frames=10)
 
+    def baseline_sample(self, model: str) -> ProbationSample | None:
+        del model
+
     def builds_allowed(self) -> bool:
         self.admission_calls += 1
         return self.allowed.pop(0) if self.allowed else True
 
-    def hooks(self) -> UpdaterHooks:
-        return UpdaterHooks(
-            build=self.build,
-            activate=self.activate,
-            probation_sample=self.probation_sample,
-            builds_allowed=self.builds_allowed,
-            check_golden=self.golden,
-            publish_state=self.states.append,
-        )
+    def check_golden(self, result: BuildResult, bundle_dir: Path) -> None:
+        if self.golden is not None:
+            self.golden(result, bundle_dir)
+
+    def publish_state(self, record: dict[str, Any]) -> None:
+        self.states.append(record)
+
+    def ports(self) -> UpdaterPorts:
+        """The recorder is every port of the updater."""
+        return UpdaterPorts(builder=self, serving=self, admission=self, publisher=self)
 
     def trail(self, update_id: str | None = None) -> list[str]:
         rid = update_id or self.states[-1]["id"]
@@ -138,7 +138,7 @@ class Env:
     def updater(self, **cfg: Any) -> Updater:
         config = self.config.model_copy(update=cfg) if cfg else self.config
         v = verifier(self.tmp / "state", self.trust, keep=config.keep_versions)
-        return Updater(v, self.rec.hooks(), config=config, initial_bundles={MODEL: self.initial})
+        return Updater(v, self.rec.ports(), config=config, initial_bundles={MODEL: self.initial})
 
     def push(
         self, updater: Updater, version: int, payload: Payload | None = None, **kw: Any
@@ -452,7 +452,7 @@ def test_failing_hooks_fail_the_update_and_keep_the_old_model(env: Env) -> None:
 
 
 def test_from_config(env: Env) -> None:
-    from agent.config.schema import AgentConfig
+    from agent.config.agent import AgentConfig
     from agent.ota.verify import DeviceFacts
 
     cfg = AgentConfig.model_validate(
@@ -469,7 +469,7 @@ def test_from_config(env: Env) -> None:
     facts = DeviceFacts.from_config(cfg, ProfileStore().load("cpu"))
     assert facts.groups == frozenset({"lab"}) and facts.models == frozenset({MODEL})
     assert facts.family == "cpu" and facts.profile == "cpu"
-    up = Updater.from_config(cfg, facts, env.rec.hooks(), config_dir=env.tmp)
+    up = Updater.from_config(cfg, facts, env.rec.ports(), config_dir=env.tmp)
     assert up.serving_bundle(MODEL) == env.initial
     group_push = manifest_for(env.bundle, 1, file_payload(env.bundle), group="lab")
     up.submit(envelope_bytes(group_push, env.key))
@@ -482,7 +482,7 @@ def test_golden_outputs_are_checked(env: Env) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from agent.app.ota_hooks import golden_checker
+    from agent.app.ota_adapters import golden_checker
     from agent.fleet.push import golden_files, make_manifest
     from agent.ota.manifest import Golden
 
@@ -527,18 +527,18 @@ def test_golden_outputs_are_checked(env: Env) -> None:
 def test_crash_while_downloading_resumes_the_download(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import agent.ota.updater as updater_mod
+    import agent.ota.staging as staging_mod
 
-    real = updater_mod.download_bundle
+    real = staging_mod.download_bundle
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise Crash
 
-    monkeypatch.setattr(updater_mod, "download_bundle", crash)
+    monkeypatch.setattr(staging_mod, "download_bundle", crash)
     with pytest.raises(Crash):
         env.push(env.updater(), 1)
     assert _journal(env)["state"] == "verified"
-    monkeypatch.setattr(updater_mod, "download_bundle", real)
+    monkeypatch.setattr(staging_mod, "download_bundle", real)
     restarted = env.updater()
     report = restarted.recover()
     assert report.interrupted_at == "verified" and report.resumed
@@ -568,8 +568,8 @@ def test_orphan_chunks_stay_within_the_buffer_bound(env: Env) -> None:
         chunk = {"kind": "chunk", "manifest_sha256": "f" * 64, "file": "model.onnx"}
         up.submit(json.dumps({**chunk, "index": i, "count": 12, "data": block}).encode())
         assert up.run_once(1)
-    assert up._pending_bytes <= up._max_message  # pyright: ignore[reportPrivateUsage]
-    buffered = sum(len(c) for c in up._pending_chunks.values())  # pyright: ignore[reportPrivateUsage]
+    assert up.inbox.pending_bytes <= up.inbox.max_bytes
+    buffered = sum(len(c) for c in up.inbox.pending_chunks.values())
     assert 0 < buffered < 12
 
 

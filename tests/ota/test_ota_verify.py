@@ -12,8 +12,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 from agent.core.errors import OtaRejected
-from agent.ota import REJECT_REASONS
 from agent.ota.manifest import Compat
+from agent.ota.reasons import REJECT_REASONS
 from agent.ota.store import VersionStore
 from agent.ota.verify import check_bundle, parse_version
 from tests.helpers.ota_support import (

@@ -18,22 +18,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.backends import cuda
-from agent.backends.base import DeviceTensor, get_backend
-from agent.config.profiles import ProfileStore
-from agent.config.schema import SourceConfig
-from agent.engine.build import BuildOutcome, build_engine
+from agent.backends.base import DeviceTensor
+from agent.backends.cuda import memory as cuda_memory
+from agent.backends.cuda import runtime as cuda_runtime
+from agent.backends.registry import get_backend
+from agent.config.agent import SourceConfig
+from agent.config.profiles.store import ProfileStore
+from agent.engine.build.orchestrator import build_engine
+from agent.engine.build.outcome import BuildOutcome
 from agent.engine.bundle import load_bundle
+from agent.pipeline.assembly import build_pipeline
 from agent.pipeline.frames import Result
-from agent.pipeline.pipeline import Pipeline, PipelineOptions
-from tests.helpers.cli_util import REPO
+from agent.pipeline.pipeline import PipelineOptions
+from tests.assets import DET_BUNDLE as BUNDLE
+from tests.assets import DET_CALIB as CALIB
+from tests.assets import SAMPLE_VIDEO as VIDEO
 from tests.helpers.pipeline_util import ListSink
 
-BUNDLE = REPO / "agent" / "data" / "models" / "shapes-det"
-VIDEO = REPO / "agent" / "data" / "samples" / "shapes.mp4"
-CALIB = REPO / "calib" / "shapes-det"
-
-_OK, _WHY = cuda.available()
+_OK, _WHY = cuda_runtime.available()
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not _OK, reason=f"no usable CUDA GPU: {_WHY}"),
@@ -47,7 +49,7 @@ class DeviceInputRunner:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.stream: cuda.Stream | None = None
+        self.stream: cuda_runtime.Stream | None = None
         self.device_feeds = 0
 
     @property
@@ -60,7 +62,7 @@ class DeviceInputRunner:
 
     def activate(self) -> None:
         self.inner.activate()
-        self.stream = cuda.Stream()
+        self.stream = cuda_runtime.Stream()
 
     def deactivate(self) -> None:
         if self.stream is not None:
@@ -86,8 +88,8 @@ class DeviceInputRunner:
         assert self.stream is not None
         for name, value in feeds.items():
             if isinstance(value, DeviceTensor):
-                with cuda.PinnedBuffer(value.shape, np.dtype(value.dtype)) as pinned:
-                    cuda.copy_dtoh_async(pinned.array, value.ptr, self.stream)
+                with cuda_memory.PinnedBuffer(value.shape, np.dtype(value.dtype)) as pinned:
+                    cuda_memory.copy_dtoh_async(pinned.array, value.ptr, self.stream)
                     self.stream.synchronize()  # the kernel was queued on this stream first
                     host[name] = pinned.array.copy()
                 self.device_feeds += 1
@@ -122,7 +124,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> BuildOutcome:
 def _run(engine: BuildOutcome, backend: Any, gpu: bool, tmp: Path) -> list[Result]:
     bundle = load_bundle(BUNDLE)
     sink = ListSink()
-    pipe = Pipeline(
+    pipe = build_pipeline(
         model="shapes-det",
         artifact=engine.artifact,
         backend=backend,

@@ -9,21 +9,32 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from agent.backends import cuda
-from agent.config.schema import InputSpec
+from agent.backends.cuda import kernels as cuda_kernels
+from agent.backends.cuda import memory as cuda_memory
+from agent.backends.cuda import runtime as cuda_runtime
+from agent.config.model import InputSpec
 from agent.core.errors import BackendUnavailable
-from agent.pipeline import preprocess as pp
+from agent.pipeline.preprocess import choose
+from agent.pipeline.preprocess.choose import make_preprocessor
+from agent.pipeline.preprocess.cpu_path import CpuPreprocessor
+from agent.pipeline.preprocess.geometry import fit_geometry, tolerance
+from agent.pipeline.preprocess.gpu_path import (
+    KERNEL_NAME,
+    KERNEL_OPTIONS,
+    KERNEL_SOURCE,
+    GpuPreprocessor,
+)
 from agent.vision.letterbox import preprocess
 
 
 def _gpu_status() -> tuple[bool, str]:
     try:
-        cuda.load_cudart()
-        cuda.load_driver()
-        cuda.load_nvrtc()
+        cuda_runtime.load_cudart()
+        cuda_kernels.load_driver()
+        cuda_kernels.load_nvrtc()
     except BackendUnavailable as exc:
         return False, f"cuda-python is not installed: {exc}"
-    ok, why = cuda.available()
+    ok, why = cuda_runtime.available()
     return ok, "" if ok else why
 
 
@@ -86,7 +97,7 @@ def _resize_model(img: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
 
 def _kernel_model(frame: np.ndarray, spec: InputSpec, size_hw: tuple[int, int]) -> np.ndarray:
     height, width = size_hw
-    geo = pp.fit_geometry(frame.shape[:2], spec, size_hw)
+    geo = fit_geometry(frame.shape[:2], spec, size_hw)
     canvas = np.full((height, width, 3), spec.pad_value, dtype=np.uint8)
     resized = _resize_model(frame, geo.new_w, geo.new_h)
     x0, y0 = max(geo.left, 0), max(geo.top, 0)
@@ -103,7 +114,7 @@ def _kernel_model(frame: np.ndarray, spec: InputSpec, size_hw: tuple[int, int]) 
 
 
 def _assert_within_tolerance(got: np.ndarray, ref: np.ndarray, spec: InputSpec) -> None:
-    max_tol, mean_tol = pp.tolerance(spec)
+    max_tol, mean_tol = tolerance(spec)
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
     assert got.shape == ref.shape
     assert float(diff.max()) <= max_tol, (float(diff.max()), max_tol)
@@ -140,7 +151,7 @@ def _case_spec(resize: str, color: str, norm: str | None, layout: str) -> InputS
 
 def test_cpu_path_fills_the_preallocated_buffer_in_place() -> None:
     spec = _spec()
-    with pp.CpuPreprocessor(spec, (640, 640), batch=2, pinned=False) as pre:
+    with CpuPreprocessor(spec, (640, 640), batch=2, pinned=False) as pre:
         buf = pre.buffer
         ident, addr = id(buf), buf.ctypes.data
         assert buf.shape == (2, 3, 640, 640) and buf.dtype == np.float32
@@ -157,14 +168,14 @@ def test_cpu_path_fills_the_preallocated_buffer_in_place() -> None:
 
 def test_cpu_path_refuses_more_frames_than_the_batch() -> None:
     with (
-        pp.CpuPreprocessor(_spec(), (64, 64), batch=1, pinned=False) as pre,
+        CpuPreprocessor(_spec(), (64, 64), batch=1, pinned=False) as pre,
         pytest.raises(ValueError, match="batch of 1"),
     ):
         pre.process([_frame(10, 10), _frame(10, 10)])
 
 
 def test_nhwc_buffer_shape() -> None:
-    with pp.CpuPreprocessor(_spec(layout="NHWC"), (96, 128), batch=3, pinned=False) as pre:
+    with CpuPreprocessor(_spec(layout="NHWC"), (96, 128), batch=3, pinned=False) as pre:
         assert pre.buffer.shape == (3, 96, 128, 3)
 
 
@@ -178,12 +189,12 @@ def test_geometry_matches_the_reference(
 ) -> None:
     spec = _spec(resize=resize)
     _, info = preprocess(np.zeros((*src_hw, 3), np.uint8), spec, size_hw)
-    assert pp.fit_geometry(src_hw, spec, size_hw).info == info
+    assert fit_geometry(src_hw, spec, size_hw).info == info
 
 
 def test_letterbox_geometry_of_a_720p_frame() -> None:
     spec = _spec()
-    geo = pp.fit_geometry((720, 1280), spec, (640, 640))
+    geo = fit_geometry((720, 1280), spec, (640, 640))
     assert (geo.left, geo.top, geo.new_w, geo.new_h) == (0, 140, 640, 360)
     assert geo.info.scale == 0.5
     tensor, _ = preprocess(_frame(720, 1280), spec, (640, 640))
@@ -193,7 +204,7 @@ def test_letterbox_geometry_of_a_720p_frame() -> None:
 
 
 def test_stretch_geometry() -> None:
-    geo = pp.fit_geometry((720, 1280), _spec(resize="stretch"), (224, 448))
+    geo = fit_geometry((720, 1280), _spec(resize="stretch"), (224, 448))
     assert (geo.left, geo.top, geo.new_w, geo.new_h) == (0, 0, 448, 224)
     np.testing.assert_allclose(geo.info.to_source([[0, 0, 448, 224]]), [[0, 0, 1280, 720]])
 
@@ -209,16 +220,16 @@ def test_kernel_model_matches_opencv(case: Case) -> None:
 
 
 def test_make_preprocessor_without_cuda_is_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cuda, "available", lambda: (False, "no CUDA here"))
-    with pp.make_preprocessor(_spec(), (64, 64), 2, prefer_gpu=True) as pre:
-        assert isinstance(pre, pp.CpuPreprocessor) and not pre.pinned
+    monkeypatch.setattr(cuda_runtime, "available", lambda: (False, "no CUDA here"))
+    with make_preprocessor(_spec(), (64, 64), 2, prefer_gpu=True) as pre:
+        assert isinstance(pre, CpuPreprocessor) and not pre.pinned
 
 
 @pytest.mark.parametrize(
     "error",
     [
-        cuda.CudaError("cudaMalloc", "cudaErrorMemoryAllocation", 2),
-        cuda.KernelCompileError("preprocess", "sm_87", "error: unknown architecture"),
+        cuda_runtime.CudaError("cudaMalloc", "cudaErrorMemoryAllocation", 2),
+        cuda_kernels.KernelCompileError("preprocess", "sm_87", "error: unknown architecture"),
     ],
 )
 def test_gpu_errors_are_agent_errors_and_fall_back_to_cpu(
@@ -239,18 +250,18 @@ def test_gpu_errors_are_agent_errors_and_fall_back_to_cpu(
     def broken_gpu(*args: object, **kwargs: object) -> object:
         raise error
 
-    monkeypatch.setattr(cuda, "available", lambda: (True, ""))
-    monkeypatch.setattr(cuda, "PinnedBuffer", Pinned)
-    monkeypatch.setattr(pp, "GpuPreprocessor", broken_gpu)
-    with pp.make_preprocessor(_spec(), (64, 64), 1, prefer_gpu=True) as pre:
-        assert isinstance(pre, pp.CpuPreprocessor)
+    monkeypatch.setattr(cuda_runtime, "available", lambda: (True, ""))
+    monkeypatch.setattr(cuda_memory, "PinnedBuffer", Pinned)
+    monkeypatch.setattr(choose, "GpuPreprocessor", broken_gpu)
+    with make_preprocessor(_spec(), (64, 64), 1, prefer_gpu=True) as pre:
+        assert isinstance(pre, CpuPreprocessor)
 
 
 def test_tolerance_scales_with_std() -> None:
-    plain = pp.tolerance(_spec())
+    plain = tolerance(_spec())
     assert plain[0] == pytest.approx(1 / 255, rel=1e-4)
     assert plain[1] == pytest.approx(0.05 / 255)
-    norm = pp.tolerance(_spec(std=(0.229, 0.224, 0.225)))
+    norm = tolerance(_spec(std=(0.229, 0.224, 0.225)))
     assert norm[0] == pytest.approx(1 / 255 / 0.224, rel=1e-4)
 
 
@@ -258,16 +269,16 @@ def test_tolerance_scales_with_std() -> None:
 
 
 @pytest.fixture
-def stream() -> Iterator[cuda.Stream]:
-    with cuda.Stream() as s:
+def stream() -> Iterator[cuda_runtime.Stream]:
+    with cuda_runtime.Stream() as s:
         yield s
 
 
 @gpu
 @needs_gpu
 def test_kernel_compiles_for_the_device_arch() -> None:
-    major, minor = cuda.compute_capability()
-    with cuda.compile_kernel(pp.KERNEL_SOURCE, pp.KERNEL_NAME, options=pp.KERNEL_OPTIONS) as k:
+    major, minor = cuda_runtime.compute_capability()
+    with cuda_kernels.compile_kernel(KERNEL_SOURCE, KERNEL_NAME, options=KERNEL_OPTIONS) as k:
         assert k.arch in (f"sm_{major}{minor}",) or k.arch.startswith("compute_")
         assert k.arch.endswith(f"{major}{minor}") or k.arch.startswith("compute_")
 
@@ -275,20 +286,22 @@ def test_kernel_compiles_for_the_device_arch() -> None:
 @gpu
 @needs_gpu
 def test_compile_error_carries_the_nvrtc_log() -> None:
-    with pytest.raises(cuda.KernelCompileError) as err:
-        cuda.compile_kernel('extern "C" __global__ void broken() { undeclared(); }', "broken")
+    with pytest.raises(cuda_kernels.KernelCompileError) as err:
+        cuda_kernels.compile_kernel(
+            'extern "C" __global__ void broken() { undeclared(); }', "broken"
+        )
     assert "undeclared" in err.value.log
 
 
 @gpu
 @needs_gpu
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_gpu_matches_cpu_within_tolerance(stream: cuda.Stream, case: Case) -> None:
+def test_gpu_matches_cpu_within_tolerance(stream: cuda_runtime.Stream, case: Case) -> None:
     src, dst, resize, color, norm, layout = case
     spec = _case_spec(resize, color, norm, layout)
     frame = _frame(*src, seed=src[1])
     ref, ref_info = preprocess(frame, spec, dst)
-    with pp.GpuPreprocessor(spec, dst, batch=1, stream=stream) as pre:
+    with GpuPreprocessor(spec, dst, batch=1, stream=stream) as pre:
         infos = pre.process([frame])
         got = pre.download()
     assert infos == [ref_info]
@@ -302,7 +315,7 @@ def test_gpu_matches_cpu_within_tolerance(stream: cuda.Stream, case: Case) -> No
 def test_gpu_batch_of_mixed_sizes_and_non_contiguous_frames() -> None:
     spec = _spec()
     frames = [_frame(720, 1280, 1), _frame(2160, 3840, 2)[::2, ::2], _frame(99, 301, 3)]
-    with pp.GpuPreprocessor(spec, (320, 320), batch=4) as pre:
+    with GpuPreprocessor(spec, (320, 320), batch=4) as pre:
         pre.process(frames)
         infos = pre.process(frames)  # the second round reuses the staging buffers
         got = pre.download()
@@ -315,29 +328,29 @@ def test_gpu_batch_of_mixed_sizes_and_non_contiguous_frames() -> None:
 @gpu
 @needs_gpu
 def test_make_preprocessor_picks_gpu() -> None:
-    with pp.make_preprocessor(_spec(), (64, 64), 1, prefer_gpu=True) as pre:
-        assert isinstance(pre, pp.GpuPreprocessor) and pre.ptr != 0
-    with pp.make_preprocessor(_spec(), (64, 64), 1, prefer_gpu=False) as pre:
-        assert isinstance(pre, pp.CpuPreprocessor) and pre.pinned
+    with make_preprocessor(_spec(), (64, 64), 1, prefer_gpu=True) as pre:
+        assert isinstance(pre, GpuPreprocessor) and pre.ptr != 0
+    with make_preprocessor(_spec(), (64, 64), 1, prefer_gpu=False) as pre:
+        assert isinstance(pre, CpuPreprocessor) and pre.pinned
 
 
 @gpu
 @needs_gpu
-def test_no_device_memory_growth_over_1000_iterations(stream: cuda.Stream) -> None:
+def test_no_device_memory_growth_over_1000_iterations(stream: cuda_runtime.Stream) -> None:
     spec = _spec()
     frames = [_frame(720, 1280, 5), _frame(480, 640, 6)]
-    with pp.GpuPreprocessor(spec, (640, 640), batch=2, stream=stream) as pre:
+    with GpuPreprocessor(spec, (640, 640), batch=2, stream=stream) as pre:
         pre.process(frames)
         pre.synchronize()
-        cuda.device_synchronize()
-        free_before, _ = cuda.mem_get_info()
+        cuda_runtime.device_synchronize()
+        free_before, _ = cuda_runtime.mem_get_info()
         for i in range(1000):
             pre.process(frames if i % 2 else frames[:1])
             if i % 50 == 0:
                 pre.synchronize()
         pre.synchronize()
-        cuda.device_synchronize()
-        free_after, _ = cuda.mem_get_info()
+        cuda_runtime.device_synchronize()
+        free_after, _ = cuda_runtime.mem_get_info()
         got = pre.download()
     assert free_before - free_after <= 2 * 1024 * 1024, (free_before, free_after)
     ref, _ = preprocess(frames[0], spec, (640, 640))

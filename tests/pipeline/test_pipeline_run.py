@@ -9,39 +9,40 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agent.backends.base import get_backend
-from agent.config.profiles import ProfileStore
-from agent.config.schema import SourceConfig
-from agent.engine.build import BuildOutcome, build_engine
+from agent.backends.registry import get_backend
+from agent.config.agent import SourceConfig
+from agent.engine.build.outcome import BuildOutcome
 from agent.engine.bundle import load_bundle
+from agent.pipeline.assembly import build_pipeline
 from agent.pipeline.pipeline import Pipeline, PipelineOptions
-from agent.pipeline.pool import result_error
-from tests.helpers.cli_util import REPO
+from agent.pipeline.pool.work import result_error
+from agent.pipeline.sources.state import SourceStatus
+from tests.assets import DET_BUNDLE as BUNDLE
+from tests.assets import REPO
+from tests.assets import SAMPLE_VIDEO as VIDEO
 from tests.helpers.pipeline_util import ListSink
-
-BUNDLE = REPO / "agent" / "data" / "models" / "shapes-det"
-VIDEO = REPO / "agent" / "data" / "samples" / "shapes.mp4"
-CALIB = REPO / "calib" / "shapes-det"
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> BuildOutcome:
-    cache = tmp_path_factory.mktemp("cache")
-    profile = ProfileStore().load("cpu")
-    return build_engine(
-        BUNDLE, profile, precision="int8", calib_dir=CALIB, cache_dir=cache, gate_seconds=0.5
-    )
+def engine(det_int8_engine: BuildOutcome) -> BuildOutcome:
+    """The session's shapes-det INT8 engine (tests/conftest.py)."""
+    return det_int8_engine
 
 
 def make_pipeline(
-    engine: BuildOutcome, sources: list[SourceConfig], sink: ListSink, workers: int = 2
+    engine: BuildOutcome,
+    sources: list[SourceConfig],
+    sink: ListSink,
+    workers: int = 2,
+    on_status: Callable[[SourceStatus], None] | None = None,
 ) -> Pipeline:
     bundle = load_bundle(BUNDLE)
-    return Pipeline(
+    return build_pipeline(
         model="shapes-det",
         artifact=engine.artifact,
         backend=get_backend("onnxruntime"),
@@ -50,6 +51,7 @@ def make_pipeline(
         sources=sources,
         sink=sink,
         options=PipelineOptions(workers=workers, max_batch=1, threads_per_worker=1),
+        on_status=on_status,
     )
 
 
@@ -72,9 +74,9 @@ def test_file_source_every_frame_in_order(engine: BuildOutcome) -> None:
             x1, y1, x2, y2 = d.box
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360
     stats = pipe.stats()
-    assert stats["sources"]["video"]["results"] == 150
-    assert stats["sources"]["video"]["dropped"] == 0
-    assert stats["latency_ms"]["infer"]["p50"] is not None
+    assert stats.sources["video"].results == 150
+    assert stats.sources["video"].dropped == 0
+    assert stats.latency_ms["infer"].p50 is not None
     assert sink.closed
 
 
@@ -84,21 +86,20 @@ def test_dead_source_does_not_stop_the_others(engine: BuildOutcome, tmp_path: Pa
         SourceConfig(name="gone", type="file", uri=str(tmp_path / "missing.mp4"), model="m"),
         SourceConfig(name="live", type="synthetic", model="m", fps_cap=30),
     ]
-    statuses = []
-    pipe = make_pipeline(engine, sources, sink)
-    pipe._on_status = statuses.append  # record the typed status events
+    statuses: list[SourceStatus] = []
+    pipe = make_pipeline(engine, sources, sink, on_status=statuses.append)  # typed events
     pipe.start()
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             stats = pipe.stats()
-            if stats["sources"]["gone"]["state"] == "failed" and len(sink.results) >= 20:
+            if stats.sources["gone"].state == "failed" and len(sink.results) >= 20:
                 break
             time.sleep(0.1)
     finally:
         pipe.stop(timeout=5)
     stats = pipe.stats()
-    assert stats["sources"]["gone"]["state"] in ("failed", "stopped")
+    assert stats.sources["gone"].state in ("failed", "stopped")
     assert any(s.source == "gone" and "missing.mp4" in s.reason for s in statuses)
     live = [r for r in sink.results if r.source == "live"]
     assert len(live) >= 20
@@ -184,11 +185,10 @@ def test_run_rejects_a_bad_config(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
 
 
-def test_governor_shrinks_the_pool_on_memory_pressure(tmp_path: Path, engine: BuildOutcome) -> None:
-    import shutil
-
-    root = tmp_path / "root"
-    shutil.copytree(REPO / "tests" / "fixtures" / "sysfs" / "x86-host", root)
+def test_governor_shrinks_the_pool_on_memory_pressure(
+    tmp_path: Path, engine: BuildOutcome, sysfs_root: Callable[[str], Path]
+) -> None:
+    root = sysfs_root("x86-host")
     meminfo = root / "proc" / "meminfo"
     total_kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
     lines = [
@@ -237,6 +237,6 @@ def test_governor_limits_cap_and_shed_live_frames(engine: BuildOutcome) -> None:
         stats = pipe.stats()
     finally:
         pipe.stop(timeout=5)
-    assert stats["fps_cap"] == 10
+    assert stats.fps_cap == 10
     assert 20 <= during <= 40  # ~10 fps over 3 s (not the source's 60 fps)
-    assert stats["sources"]["cam"]["shed"] > 60  # the rest were shed, and counted
+    assert stats.sources["cam"].shed > 60  # the rest were shed, and counted

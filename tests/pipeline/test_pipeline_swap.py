@@ -13,31 +13,35 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from agent.backends.base import get_backend
-from agent.config.profiles import ProfileStore
-from agent.config.schema import SourceConfig
+from agent.backends.registry import get_backend
+from agent.config.agent import SourceConfig
+from agent.config.device import DeviceProfile
 from agent.core.errors import PipelineError
-from agent.engine.build import BuildOutcome, build_engine
+from agent.engine.build.orchestrator import build_engine
+from agent.engine.build.outcome import BuildOutcome
 from agent.engine.bundle import load_bundle
+from agent.pipeline.assembly import build_pipeline
 from agent.pipeline.pipeline import Pipeline, PipelineOptions
-from agent.pipeline.pool import result_error
-from tests.helpers.cli_util import REPO
+from agent.pipeline.pool.pool import WorkerPool
+from agent.pipeline.pool.work import result_error
+from agent.pipeline.stages import ServedModel
+from tests.assets import DET_BUNDLE as BUNDLE
+from tests.assets import SAMPLE_VIDEO as VIDEO
 from tests.helpers.pipeline_util import ListSink
-
-BUNDLE = REPO / "agent" / "data" / "models" / "shapes-det"
-VIDEO = REPO / "agent" / "data" / "samples" / "shapes.mp4"
-CALIB = REPO / "calib" / "shapes-det"
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildOutcome, BuildOutcome]:
-    cache = tmp_path_factory.mktemp("cache")
-    profile = ProfileStore().load("cpu")
-    int8 = build_engine(
-        BUNDLE, profile, precision="int8", calib_dir=CALIB, cache_dir=cache, gate_seconds=0.3
-    )
+def engines(
+    det_int8_engine: BuildOutcome, cpu_profile: DeviceProfile, engine_cache: Path
+) -> tuple[BuildOutcome, BuildOutcome]:
+    int8 = det_int8_engine
     fp32 = build_engine(
-        BUNDLE, profile, precision="fp32", calib_dir=None, cache_dir=cache, gate_seconds=0.3
+        BUNDLE,
+        cpu_profile,
+        precision="fp32",
+        calib_dir=None,
+        cache_dir=engine_cache,
+        gate_seconds=0.3,
     )
     assert int8.artifact.dir != fp32.artifact.dir
     return int8, fp32
@@ -45,7 +49,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildOutcome, Bui
 
 def make_pipeline(artifact_outcome: BuildOutcome, src: SourceConfig, sink: ListSink) -> Pipeline:
     bundle = load_bundle(BUNDLE)
-    return Pipeline(
+    return build_pipeline(
         model="shapes-det",
         artifact=artifact_outcome.artifact,
         backend=get_backend("onnxruntime"),
@@ -83,12 +87,12 @@ def test_swap_mid_stream_loses_no_file_frame(engines: tuple[BuildOutcome, BuildO
     indices = [r.index for r in sink.results]
     assert indices == list(range(150)), "no frame lost or reordered across the swap"
     assert not [r for r in sink.results if result_error(r)]
-    assert info["drained"] is True
-    assert info["gap_ms"] >= 0
+    assert info.drained is True
+    assert info.gap_ms >= 0
     stats = pipe.stats()
-    assert stats["engine"] == fp32.artifact.dir.name
-    assert stats["precision"] == "fp32"
-    assert stats["swaps"] == 1
+    assert stats.engine == fp32.artifact.dir.name
+    assert stats.precision == "fp32"
+    assert stats.swaps == 1
     # the new engine finds the same shapes on the frames after the swap
     late = [r for r in sink.results if r.index > swapped_at + 5]
     assert late and sum(len(r.detections) for r in late) > 0
@@ -116,8 +120,8 @@ def test_broken_engine_is_refused_and_the_old_one_keeps_serving(
         assert "old engine keeps serving" in str(info.value)
         before = sink.count()
         assert wait_for(lambda: sink.count() >= before + 5, 30), "the old engine keeps serving"
-        assert pipe.stats()["engine"] == int8.artifact.dir.name
-        assert pipe.stats()["swaps"] == 0
+        assert pipe.stats().engine == int8.artifact.dir.name
+        assert pipe.stats().swaps == 0
     finally:
         pipe.stop(timeout=5)
 
@@ -153,13 +157,13 @@ def test_nan_outputs_are_counted(
     bundle = load_bundle(BUNDLE)
     try:
         assert wait_for(lambda: sink.count() >= 5, 30)
-        assert pipe.stats()["nan_outputs"] == 0
+        assert pipe.stats().nan_outputs == 0
         pipe.swap(artifact=nan_artifact, bundle=bundle.config, labels=bundle.labels)
-        ok = wait_for(lambda: pipe.stats()["nan_outputs"] >= 5, 30)
+        ok = wait_for(lambda: pipe.stats().nan_outputs >= 5, 30)
         assert ok, (pipe.stats(), [result_error(r) for r in sink.results[-3:]])
     finally:
         pipe.stop(timeout=5)
-    assert pipe.stats()["latency_ms"]["infer"]["p50"] is not None
+    assert pipe.stats().latency_ms["infer"].p50 is not None
 
 
 def test_resize_during_warm_up_reaches_the_new_pool(
@@ -172,14 +176,15 @@ def test_resize_during_warm_up_reaches_the_new_pool(
     src = SourceConfig(name="video", type="file", uri=str(VIDEO), model="shapes-det")
     pipe = make_pipeline(int8, src, sink).start()
     bundle = load_bundle(BUNDLE)
-    make_pool = pipe._make_pool  # pyright: ignore[reportPrivateUsage]
+    pools = pipe.hot_swap.pools
+    make_pool = pools.make
 
-    def make_pool_then_resize(*args: object, **kwargs: object) -> object:
-        pool = make_pool(*args, **kwargs)  # type: ignore[arg-type]
+    def make_pool_then_resize(m: ServedModel, size: int) -> WorkerPool:
+        pool = make_pool(m, size)
         pipe.resize(1)  # the governor's decision lands on the pool serving now
         return pool
 
-    pipe._make_pool = make_pool_then_resize  # type: ignore[method-assign,assignment]
+    pools.make = make_pool_then_resize  # type: ignore[method-assign]
     try:
         pipe.swap(artifact=fp32.artifact, bundle=bundle.config, labels=bundle.labels)
         assert pipe.pool.size == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -13,24 +12,16 @@ import pytest
 
 from agent.backends.base import Runner, RunnerBase, TensorSpec
 from agent.backends.onnxruntime import OrtRunner
+from agent.core.errors import InternalError
 from agent.pipeline.frames import Frame, Result
-from agent.pipeline.pool import (
-    InvalidTransition,
-    PoolEvent,
-    PoolEventKind,
-    Stages,
-    Worker,
-    WorkerContext,
-    WorkerFatal,
-    WorkerPool,
-    WorkerState,
-    result_error,
-)
+from agent.pipeline.pool.events import PoolEvent, PoolEventKind
+from agent.pipeline.pool.pool import WorkerPool
+from agent.pipeline.pool.work import Stages, WorkerContext, WorkerFatal, result_error
+from agent.pipeline.pool.worker import Worker, WorkerState
 from agent.vision.synthetic import render_patch
+from tests.assets import MODELS
 
 pytestmark = pytest.mark.timeout(30)
-
-MODELS = Path(__file__).resolve().parents[2] / "agent" / "data" / "models"
 
 
 def fid(frame: Frame) -> int:
@@ -247,13 +238,13 @@ def test_worker_state_machine_allows_only_its_transitions() -> None:
     for state in (WorkerState.IDLE, WorkerState.BUSY, WorkerState.IDLE, WorkerState.BUSY):
         w.transition(state)
     w.transition(WorkerState.DRAINING)
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InternalError):
         w.transition(WorkerState.IDLE)  # a draining worker never serves again
     w.transition(WorkerState.STOPPED)
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InternalError):
         w.transition(WorkerState.STARTING)
     other = Worker(cast(Any, None), 1)
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InternalError):
         other.transition(WorkerState.BUSY)  # must be IDLE (runner ready) first
     other.transition(WorkerState.FAILED)
     assert other.stats().state == "failed"

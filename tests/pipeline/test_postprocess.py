@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from agent.config.schema import ModelBundleConfig
+from agent.config.model import ModelBundleConfig
 from agent.pipeline.frames import Frame
 from agent.pipeline.postprocess import Postprocessor
 from agent.vision.decode import box_iou
 from agent.vision.letterbox import LetterboxInfo, load_image_or_npy, preprocess
+from tests.assets import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "agent" / "data"
 LABELS = ["circle", "square", "triangle", "cross"]
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli_util import REPO, run_cli
+from tests.assets import REPO, SCRIPTS
+from tests.helpers.cli_util import run_cli
 
-SCRIPT = REPO / "scripts" / "install.sh"
+SCRIPT = SCRIPTS / "install.sh"
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli_util import REPO
+from agent.config.agent import DaemonConfig
+from tests.assets import DEFAULT_CONFIG, REPO, SYSTEMD_DIR
+from tests.helpers.cli_util import run_cli
 
-UNIT = REPO / "systemd" / "edge-agent.service"
+UNIT = SYSTEMD_DIR / "edge-agent.service"
 INSTALLED_BIN = "/opt/edge-agent/venv/bin/edge-agent"
 ANALYZE = shutil.which("systemd-analyze")
 
@@ -101,8 +103,6 @@ def test_unit_settings_the_daemon_relies_on() -> None:
     assert "PrivateNetwork" not in d  # MQTT
     assert one["ReadWritePaths"].split() == ["/var/lib/edge-agent", "/var/cache/edge-agent"]
     # The drain must fit in the stop timeout: daemon.stop_timeout_s defaults to 10 s.
-    from agent.config.schema import DaemonConfig
-
     assert int(one["TimeoutStopSec"]) > DaemonConfig().stop_timeout_s
     # Watchdog pings come at half WatchdogSec; a stuck pipeline is detected after
     # daemon.progress_timeout_s, so WatchdogSec must not be shorter than the ping period.
@@ -111,10 +111,8 @@ def test_unit_settings_the_daemon_relies_on() -> None:
 
 def test_validate_config_syntax_in_exec_start_pre_is_real(tmp_path: Path) -> None:
     """ExecStartPre's command line is accepted by the real CLI."""
-    from tests.helpers.cli_util import run_cli
-
     d = directives(UNIT.read_text())
     args = d["ExecStartPre"][-1].split()[1:]
-    config = REPO / "agent" / "data" / "agent.default.yaml"
+    config = DEFAULT_CONFIG
     proc = run_cli(*[str(config) if a == "/etc/edge-agent/agent.yaml" else a for a in args])
     assert proc.returncode == 0, proc.stdout + proc.stderr

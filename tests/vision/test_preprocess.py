@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config.schema import InputSpec
+from agent.config.model import InputSpec
 from agent.core.errors import ModelError
 from agent.vision.letterbox import (
     InvalidFrame,

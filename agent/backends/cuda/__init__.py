@@ -1,0 +1,2 @@
+"""The CUDA layer: runtime (lazy import, streams, events), memory (buffers, copies), kernels
+(NVRTC compile and launch)."""

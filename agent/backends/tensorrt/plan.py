@@ -1,0 +1,267 @@
+"""The pure side of a TensorRT build: capability rules per TensorRT version and the build plan.
+
+One code path serves TensorRT 8.6 (JetPack 5), 10.x (JetPack 6 ships 10.3) and 11.x. Which API
+generation is present is decided by *capability* (``hasattr`` on the module's classes), never by
+parsing ``tensorrt.__version__``; see :func:`detect_capabilities` for each rule and the
+documentation it rests on. Nothing here imports ``tensorrt``: :func:`detect_capabilities` reads
+the module it is given, and :func:`plan_build` is tested without any TensorRT module.
+
+==================  ==============  ============================  ========================
+decision            8.6             10.x                          11.x
+==================  ==============  ============================  ========================
+network flags       EXPLICIT_BATCH  none (EXPLICIT_BATCH ignored) STRONGLY_TYPED
+int8 (Q/DQ graph)   INT8 + FP16     INT8 + FP16                   none (types from Q/DQ)
+fp16                FP16            FP16                          none (ONNX must be fp16)
+fp32                none            none                          none
+I/O at run time     tensor names    tensor names                  tensor names
+==================  ==============  ============================  ========================
+
+Workspace (``set_memory_pool_limit(WORKSPACE)``), one optimization profile, the timing cache,
+``builder_optimization_level``, DLA and ``ProfilingVerbosity.DETAILED`` are the same on all three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from agent.backends.base import BuildRequest, InputShapes
+from agent.backends.tensorrt.loader import MIB
+from agent.core.errors import BuildFailed
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the importable TensorRT offers (``hasattr`` rules in :func:`detect_capabilities`)."""
+
+    version: str = "unknown"
+    explicit_batch_flag_needed: bool = False
+    strongly_typed_available: bool = False
+    int8_fp16_flags: bool = True
+    memory_pool_api: bool = True
+    io_tensors_api: bool = True
+    bindings_api: bool = False
+    builder_optimization_level: bool = True
+    engine_inspector: bool = True
+    timing_cache: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def detect_capabilities(trt: ModuleType) -> Capabilities:
+    """Capability rules (all ``hasattr``; pybind11 properties are class attributes):
+
+    * ``explicit_batch_flag_needed``: ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` exists
+      *and* implicit batch still exists, recognised by ``Builder.max_batch_size`` (the implicit
+      batch knob) or ``Builder.build_engine``. Both were removed in 10.0, where the docs say
+      EXPLICIT_BATCH is "[DEPRECATED] Ignored because networks are always explicit batch"; 11.x
+      drops the flag. So: 8.6 → needed, 10.x → not set, 11.x → absent.
+    * ``strongly_typed_available``: ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (9.x+).
+    * ``int8_fp16_flags``: ``BuilderFlag.INT8`` and ``BuilderFlag.FP16`` (removed in 11.0 with all
+      weak typing; precision then lives in the graph).
+    * ``memory_pool_api``: ``IBuilderConfig.set_memory_pool_limit`` + ``MemoryPoolType`` (8.4+;
+      ``max_workspace_size`` is gone in 10).
+    * ``io_tensors_api``: ``ICudaEngine.num_io_tensors`` + ``IExecutionContext.execute_async_v3``
+      (8.5+); preferred whenever present. ``bindings_api``: ``ICudaEngine.num_bindings`` (≤ 8.6,
+      removed in 10), used only when the name-based API is missing.
+    * ``builder_optimization_level``: ``IBuilderConfig.builder_optimization_level`` (8.6+).
+    * ``engine_inspector``: ``ICudaEngine.create_engine_inspector`` (8.2+).
+    * ``timing_cache``: ``IBuilderConfig.create_timing_cache`` (8.0+).
+    """
+    ndcf = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    builder = getattr(trt, "Builder", None)
+    flag = getattr(trt, "BuilderFlag", None)
+    config = getattr(trt, "IBuilderConfig", None)
+    engine = getattr(trt, "ICudaEngine", None)
+    context = getattr(trt, "IExecutionContext", None)
+    implicit_batch_exists = hasattr(builder, "max_batch_size") or hasattr(builder, "build_engine")
+    return Capabilities(
+        version=str(getattr(trt, "__version__", "unknown")),
+        explicit_batch_flag_needed=hasattr(ndcf, "EXPLICIT_BATCH") and implicit_batch_exists,
+        strongly_typed_available=hasattr(ndcf, "STRONGLY_TYPED"),
+        int8_fp16_flags=hasattr(flag, "INT8") and hasattr(flag, "FP16"),
+        memory_pool_api=hasattr(config, "set_memory_pool_limit") and hasattr(trt, "MemoryPoolType"),
+        io_tensors_api=hasattr(engine, "num_io_tensors") and hasattr(context, "execute_async_v3"),
+        bindings_api=hasattr(engine, "num_bindings"),
+        builder_optimization_level=hasattr(config, "builder_optimization_level"),
+        engine_inspector=hasattr(engine, "create_engine_inspector"),
+        timing_cache=hasattr(config, "create_timing_cache"),
+    )
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Every TensorRT decision for one build, made without touching TensorRT."""
+
+    network_flags: tuple[str, ...]
+    builder_flags: tuple[str, ...]
+    workspace_bytes: int
+    optimization_level: int | None
+    profile: Mapping[str, InputShapes]
+    device_type: Literal["GPU", "DLA"]
+    dla_core: int | None
+    timing_cache: Path | None
+    strongly_typed: bool
+    profiling_verbosity: str = "DETAILED"
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "network_flags": list(self.network_flags),
+            "builder_flags": list(self.builder_flags),
+            "workspace_bytes": self.workspace_bytes,
+            "optimization_level": self.optimization_level,
+            "profile": {name: s.to_json() for name, s in self.profile.items()},
+            "device_type": self.device_type,
+            "dla_core": self.dla_core,
+            "timing_cache": str(self.timing_cache) if self.timing_cache else None,
+            "strongly_typed": self.strongly_typed,
+            "profiling_verbosity": self.profiling_verbosity,
+            "notes": list(self.notes),
+        }
+
+
+def _check_shapes(name: str, s: InputShapes) -> None:
+    if not (len(s.min) == len(s.opt) == len(s.max)):
+        raise BuildFailed(
+            f"input '{name}': min/opt/max ranks differ ({s.min}, {s.opt}, {s.max})",
+            fix="give min, opt and max the same number of dimensions in the device profile",
+        )
+    for lo, mid, hi in zip(s.min, s.opt, s.max, strict=True):
+        if not (0 < lo <= mid <= hi):
+            raise BuildFailed(
+                f"input '{name}': shapes must satisfy 0 < min <= opt <= max per dimension "
+                f"(min={s.min}, opt={s.opt}, max={s.max})",
+                fix="fix the optimization-profile shapes in the device profile",
+            )
+
+
+@dataclass
+class _Draft:
+    """The plan's flags and notes while :func:`plan_build` decides them."""
+
+    network_flags: list[str] = field(default_factory=list[str])
+    builder_flags: list[str] = field(default_factory=list[str])
+    notes: list[str] = field(default_factory=list[str])
+
+
+def _plan_precision(request: BuildRequest, caps: Capabilities, draft: _Draft) -> bool:
+    """Network and builder flags for the precision; returns whether the network is strongly
+    typed."""
+    if caps.explicit_batch_flag_needed:
+        draft.network_flags.append("EXPLICIT_BATCH")
+    strongly_typed = not caps.int8_fp16_flags
+    if strongly_typed:
+        # 11.x: every network is strongly typed; the flag is accepted (and ignored) there, so it
+        # is set where it exists, to state the intent, and skipped should a release drop it.
+        if caps.strongly_typed_available:
+            draft.network_flags.append("STRONGLY_TYPED")
+        if request.precision == "int8":
+            draft.notes.append(
+                "strongly typed: INT8 comes from the Q/DQ nodes; layers outside them run in the "
+                "graph's float type"
+            )
+        elif request.precision == "fp16":
+            draft.notes.append(
+                "strongly typed: fp16 requires an fp16 ONNX (the engine module converts it); "
+                "no FP16 builder flag exists"
+            )
+    elif request.precision == "int8":
+        # Explicit quantization still needs INT8 on ≤ 10.x; FP16 lets the layers that stay
+        # outside Q/DQ pairs run in half precision instead of fp32.
+        draft.builder_flags += ["INT8", "FP16"]
+    elif request.precision == "fp16":
+        draft.builder_flags.append("FP16")
+    return strongly_typed
+
+
+def _plan_device(request: BuildRequest, draft: _Draft) -> Literal["GPU", "DLA"]:
+    if request.dla_core is None:
+        return "GPU"
+    if request.precision == "fp32":
+        raise BuildFailed(
+            f"DLA core {request.dla_core} was requested with fp32, but the DLA runs only "
+            "INT8 and FP16",
+            fix="build int8 or fp16 for the DLA, or set build.dla.enabled: false",
+        )
+    if request.dla_core < 0:
+        raise BuildFailed(
+            f"DLA core {request.dla_core} is negative", fix="set build.dla.core to 0 or 1"
+        )
+    if request.gpu_fallback:
+        draft.builder_flags.append("GPU_FALLBACK")
+    else:
+        draft.notes.append("DLA without GPU fallback: the build fails if a layer cannot run on DLA")
+    return "DLA"
+
+
+def _plan_level(request: BuildRequest, caps: Capabilities, draft: _Draft) -> int | None:
+    if request.workspace_mib <= 0:
+        raise BuildFailed(
+            f"workspace_mib must be positive, got {request.workspace_mib}",
+            fix="set build.workspace_mib in the device profile",
+        )
+    if not 0 <= request.optimization_level <= 5:
+        raise BuildFailed(
+            f"optimization_level {request.optimization_level} is outside 0..5",
+            fix="set build.optimization_level between 0 and 5",
+        )
+    if caps.builder_optimization_level:
+        return request.optimization_level
+    draft.notes.append("builder_optimization_level is not available; TensorRT's default is used")
+    return None
+
+
+def _plan_profile(request: BuildRequest) -> dict[str, InputShapes]:
+    profile: dict[str, InputShapes] = {}
+    for name, shapes in request.shapes.items():
+        _check_shapes(name, shapes)
+        if request.static_shapes:
+            profile[name] = InputShapes(shapes.opt, shapes.opt, shapes.opt)
+        else:
+            profile[name] = shapes
+    return profile
+
+
+def _plan_timing_cache(
+    request: BuildRequest, caps: Capabilities, level: int | None, draft: _Draft
+) -> Path | None:
+    if request.timing_cache is None:
+        return None
+    if not caps.timing_cache:
+        draft.notes.append("this TensorRT has no timing-cache API; the cache is not used")
+        return None
+    if level == 0:
+        draft.notes.append("optimization level 0 does not consult the timing cache")
+    return request.timing_cache
+
+
+def plan_build(request: BuildRequest, caps: Capabilities) -> BuildPlan:
+    """Decide network flags, builder flags, limits, profile and device for ``request``.
+
+    ``precision`` follows the architecture's contract: ``int8`` means the ONNX already carries
+    explicit Q/DQ nodes (the engine module quantizes before building); ``fp16`` on a strongly
+    typed TensorRT (11.x) means the ONNX is already fp16 (the engine module converts it).
+    """
+    draft = _Draft()
+    strongly_typed = _plan_precision(request, caps, draft)
+    device_type = _plan_device(request, draft)
+    level = _plan_level(request, caps, draft)
+    profile = _plan_profile(request)
+    cache = _plan_timing_cache(request, caps, level, draft)
+    return BuildPlan(
+        network_flags=tuple(draft.network_flags),
+        builder_flags=tuple(draft.builder_flags),
+        workspace_bytes=request.workspace_mib * MIB,
+        optimization_level=level,
+        profile=profile,
+        device_type=device_type,
+        dla_core=request.dla_core,
+        timing_cache=cache,
+        strongly_typed=strongly_typed,
+        notes=tuple(draft.notes),
+    )

@@ -1,0 +1,291 @@
+"""The TensorRT runner: one engine, one execution context, one CUDA stream, grow-only device and
+pinned host buffers per tensor; inputs are host arrays or :class:`DeviceTensor` bindings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.backends.base import DeviceTensor, RunnerBase, TensorSpec, summarize_layer_times
+from agent.backends.cuda import memory as cuda_memory
+from agent.backends.cuda import runtime as cuda_runtime
+from agent.backends.tensorrt.inspect import inspector_layers, io_specs
+from agent.backends.tensorrt.loader import (
+    LayerTimes,
+    deserialize,
+    dims,
+    is_none,
+    load_trt,
+    make_logger,
+    make_profiler,
+    read_engine,
+    trt,
+)
+from agent.backends.tensorrt.plan import Capabilities, detect_capabilities
+from agent.core.errors import BackendUnavailable
+
+
+class CudaLayer:
+    """The CUDA calls the runner makes, from :mod:`agent.backends.cuda` (runtime, memory);
+    tests inject a fake with the same names."""
+
+    Stream = cuda_runtime.Stream
+    DeviceBuffer = cuda_memory.DeviceBuffer
+    PinnedBuffer = cuda_memory.PinnedBuffer
+    copy_htod_async = staticmethod(cuda_memory.copy_htod_async)
+    copy_dtoh_async = staticmethod(cuda_memory.copy_dtoh_async)
+
+
+#: the CUDA layer a runner uses when none is injected (read when the runner activates)
+CUDA: Any = CudaLayer()
+
+
+def _view(host: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> NDArray[Any]:
+    flat: NDArray[np.uint8] = host.array
+    # An ndarray over the pinned bytes: a view, never a copy.
+    return np.ndarray(shape, dtype=dtype, buffer=flat)
+
+
+def _check_feeds(inputs: tuple[TensorSpec, ...], feeds: Mapping[str, object]) -> None:
+    missing = [s.name for s in inputs if s.name not in feeds]
+    extra = sorted(set(feeds) - {s.name for s in inputs})
+    if missing or extra:
+        raise ValueError(
+            f"feeds do not match the engine inputs: missing {missing}, unexpected {extra}"
+        )
+
+
+def _outside_profile(spec: TensorSpec, shape: tuple[int, ...]) -> ValueError:
+    return ValueError(
+        f"input '{spec.name}' shape {shape} is outside the engine's "
+        f"optimization profile (engine shape {spec.shape})"
+    )
+
+
+class TrtRunner(RunnerBase):
+    """Runs one serialized engine: one execution context, one CUDA stream, grow-only device and
+    pinned host buffers per tensor. Not thread-safe: give each worker its own runner.
+
+    ``dla_core``: the DLA core the engine was built for (``Runtime.DLA_core`` is set to it before
+    deserializing); None for GPU engines. ``cuda`` is the CUDA layer (:data:`CUDA` by default);
+    tests inject a fake.
+    """
+
+    def __init__(
+        self,
+        artifact_dir: Path,
+        main_file: str,
+        *,
+        threads: int = 0,
+        dla_core: int | None = None,
+        cuda: Any = None,
+    ) -> None:
+        self.path = artifact_dir / main_file
+        self.threads = threads  # TensorRT runs on the GPU; kept for the Runner signature
+        self.dla_core = dla_core
+        self._cuda: Any = cuda
+        self._profile: LayerTimes | None = None
+        self._caps = Capabilities()
+        self._logger: trt.ILogger | None = None
+        self._runtime: trt.Runtime | None = None
+        self._engine: trt.ICudaEngine | None = None
+        self._context: trt.IExecutionContext | None = None
+        self._stream: Any = None
+        self._device: dict[str, Any] = {}
+        self._host: dict[str, Any] = {}
+
+    @property
+    def active(self) -> bool:
+        return self._context is not None
+
+    def activate(self) -> None:
+        if self.active:
+            return
+        self._caps = detect_capabilities(load_trt())
+        if self._cuda is None:
+            self._cuda = CUDA
+        data = read_engine(self.path)
+        self._logger = make_logger()
+        self._runtime, self._engine = deserialize(self._logger, data, self.path, self.dla_core)
+        context = self._engine.create_execution_context()
+        if is_none(context):
+            raise BackendUnavailable(
+                "TensorRT could not create an execution context (device memory exhausted?)",
+                fix="stop other GPU work or lower the worker count in the device profile",
+            )
+        inputs, outputs = io_specs(self._engine, self._caps)
+        self._inputs, self._outputs = tuple(inputs), tuple(outputs)
+        self._stream = self._cuda.Stream()
+        self._context = context
+
+    def deactivate(self) -> None:
+        try:
+            if self._stream is not None:
+                self._stream.synchronize()
+        finally:
+            for buf in [*self._device.values(), *self._host.values()]:
+                buf.close()
+            self._device.clear()
+            self._host.clear()
+            if self._stream is not None:
+                self._stream.close()
+            self._stream = None
+            self._context = None
+            self._engine = None
+            self._runtime = None
+            self._profile = None
+
+    def _buffers(self, name: str, nbytes: int) -> tuple[Any, Any]:
+        """Device and pinned host buffers of at least ``nbytes`` for ``name`` (grow-only)."""
+        dev = self._device.get(name)
+        if dev is None or dev.nbytes < nbytes:
+            if dev is not None:
+                dev.close()
+            dev = self._device[name] = self._cuda.DeviceBuffer(nbytes)
+        host = self._host.get(name)
+        if host is None or host.nbytes < nbytes:
+            if host is not None:
+                host.close()
+            host = self._host[name] = self._cuda.PinnedBuffer((max(nbytes, 1),), np.uint8)
+        return dev, host
+
+    def _stage(self, name: str, array: NDArray[Any]) -> Any:
+        """Copy ``array`` through its pinned buffer into its device buffer (queued on the
+        stream); returns the device buffer."""
+        dev, host = self._buffers(name, array.nbytes)
+        staged = _view(host, array.dtype, array.shape)
+        staged[...] = array
+        self._cuda.copy_htod_async(dev, staged, self._stream)
+        return dev
+
+    def _output_view(self, spec: TensorSpec, shape: tuple[int, ...]) -> tuple[Any, NDArray[Any]]:
+        """The device buffer and the pinned host view that receive output ``spec``."""
+        dtype = np.dtype(spec.dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        dev, host = self._buffers(spec.name, nbytes)
+        return dev, _view(host, dtype, shape)
+
+    def _fetch(self, results: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """Copy the outputs down, wait for the stream and return copies of the host views."""
+        for spec in self._outputs:
+            self._cuda.copy_dtoh_async(results[spec.name], self._device[spec.name], self._stream)
+        self._stream.synchronize()
+        return {name: np.array(view, copy=True) for name, view in results.items()}
+
+    #: :class:`~agent.backends.base.DeviceTensor` feeds are bound without a copy
+    accepts_device_inputs = True
+
+    @property
+    def stream(self) -> Any:
+        """The runner's CUDA stream (None until active): queue the work that writes a
+        :class:`~agent.backends.base.DeviceTensor` input on it."""
+        return self._stream
+
+    def infer(self, feeds: Mapping[str, NDArray[Any] | DeviceTensor]) -> dict[str, NDArray[Any]]:
+        """Run the engine. A feed is a host array (staged in pinned memory and copied up) or a
+        :class:`~agent.backends.base.DeviceTensor` written on :attr:`stream` (bound as is)."""
+        context = self._context
+        if context is None:
+            raise RuntimeError("runner is not active; use it as a context manager")
+        _check_feeds(self._inputs, feeds)
+        device_feeds = {k: v for k, v in feeds.items() if isinstance(v, DeviceTensor)}
+        host_feeds = {k: v for k, v in feeds.items() if not isinstance(v, DeviceTensor)}
+        if not self._caps.io_tensors_api:
+            if device_feeds:
+                raise ValueError(
+                    "device-memory inputs need TensorRT's named-tensor API (TensorRT >= 8.5)"
+                )
+            return self._infer_bindings(host_feeds)
+        for spec in self._inputs:
+            tensor = device_feeds.get(spec.name)
+            if tensor is not None:
+                self._bind_device_input(context, spec, tensor)
+            else:
+                self._bind_host_input(context, spec, host_feeds[spec.name])
+        results = self._bind_outputs(context)
+        if not context.execute_async_v3(self._stream.handle):  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        return self._fetch(results)
+
+    @staticmethod
+    def _bind_device_input(
+        context: trt.IExecutionContext, spec: TensorSpec, tensor: DeviceTensor
+    ) -> None:
+        if np.dtype(tensor.dtype) != np.dtype(spec.dtype):
+            raise ValueError(
+                f"input '{spec.name}' is {spec.dtype} but the device tensor is {tensor.dtype}"
+            )
+        if not context.set_input_shape(spec.name, tensor.shape):  # pyright: ignore[reportUnknownMemberType, reportCallIssue, reportArgumentType]
+            raise _outside_profile(spec, tensor.shape)
+        context.set_tensor_address(spec.name, tensor.ptr)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
+
+    def _bind_host_input(
+        self, context: trt.IExecutionContext, spec: TensorSpec, feed: NDArray[Any]
+    ) -> None:
+        array = np.ascontiguousarray(feed, dtype=np.dtype(spec.dtype))
+        if not context.set_input_shape(spec.name, array.shape):  # pyright: ignore[reportUnknownMemberType, reportCallIssue, reportArgumentType]
+            raise _outside_profile(spec, array.shape)
+        dev = self._stage(spec.name, array)
+        context.set_tensor_address(spec.name, dev.ptr)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
+
+    def _bind_outputs(self, context: trt.IExecutionContext) -> dict[str, NDArray[Any]]:
+        results: dict[str, NDArray[Any]] = {}
+        for spec in self._outputs:
+            shape = dims(context.get_tensor_shape(spec.name))
+            if any(d < 0 for d in shape):
+                raise RuntimeError(f"output '{spec.name}' shape {shape} is not resolved")
+            dev, view = self._output_view(spec, shape)
+            context.set_tensor_address(spec.name, dev.ptr)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
+            results[spec.name] = view
+        return results
+
+    def profile_layers(
+        self, feeds: Mapping[str, NDArray[Any]], *, iterations: int
+    ) -> list[dict[str, Any]]:
+        """Per-layer time of ``iterations`` inferences (after one warm-up), reported by a
+        ``trt.IProfiler`` set as the execution context's ``profiler``. ``enqueue_emits_profile``
+        keeps its default (True): each enqueue reports its layers' times itself. The profiler
+        stays attached, not recording, until ``deactivate``."""
+        context = self._context
+        if context is None or self._engine is None:
+            raise RuntimeError("runner is not active; use it as a context manager")
+        if self._profile is None:
+            self._profile = LayerTimes()
+            context.profiler = make_profiler(self._profile)
+        profile = self._profile
+        profile.recording = False
+        self.infer(feeds)  # warm-up: first-run set-up is not layer time
+        profile.times.clear()
+        profile.recording = True
+        try:
+            for _ in range(max(1, iterations)):
+                self.infer(feeds)
+        finally:
+            profile.recording = False
+        types = {layer["name"]: layer["type"] for layer in inspector_layers(self._engine)}
+        times = list(profile.times)
+        return summarize_layer_times((n, types.get(n, "?"), ms * 1000.0) for n, ms in times)
+
+    def _infer_bindings(self, feeds: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """TensorRT < 8.5 only: index-based bindings and ``execute_async_v2``. Reached through an
+        ``Any`` handle because tensorrt-stubs 10.x (and TensorRT 10) no longer have this API."""
+        legacy: Any = self._context
+        engine: Any = self._engine
+        bindings: list[int] = [0] * int(engine.num_bindings)
+        index = {str(engine.get_binding_name(i)): i for i in range(len(bindings))}
+        for spec in self._inputs:
+            array = np.ascontiguousarray(feeds[spec.name], dtype=np.dtype(spec.dtype))
+            legacy.set_binding_shape(index[spec.name], array.shape)
+            bindings[index[spec.name]] = self._stage(spec.name, array).ptr
+        results: dict[str, NDArray[Any]] = {}
+        for spec in self._outputs:
+            shape = dims(legacy.get_binding_shape(index[spec.name]))
+            dev, results[spec.name] = self._output_view(spec, shape)
+            bindings[index[spec.name]] = dev.ptr
+        if not legacy.execute_async_v2(bindings, self._stream.handle):
+            raise RuntimeError("TensorRT execute_async_v2 failed (see the TensorRT log)")
+        return self._fetch(results)

@@ -1,0 +1,116 @@
+"""``edge-agent build BUNDLE``: prepare, calibrate, quantize, build, validate and cache an engine.
+
+A progress bar on a terminal (stderr), JSON-lines progress events on stdout otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.cli.common import format_table, positive_float, print_json
+from agent.cli.progress import ProgressPrinter
+from agent.config.device import DeviceProfile
+from agent.config.load import resolve_profile
+from agent.engine.build.orchestrator import build_engine, default_cache_dir
+from agent.engine.build.outcome import BuildOutcome
+
+__all__ = ["PRECISION_CHOICES", "register"]
+
+PRECISION_CHOICES = ("int8", "fp16", "fp32", "auto")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    profile, l4t, how = resolve_profile(args.profile, args.profiles_dir)
+    precision = args.precision or profile.build.default_precision
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    printer = ProgressPrinter()
+    if not printer.tty:
+        printer(
+            "profile",
+            1.0,
+            f"profile {profile.name} ({how}); precision {precision}; cache {cache_dir}",
+        )
+    try:
+        outcome = build_engine(
+            Path(args.bundle),
+            profile,
+            precision=precision,
+            calib_dir=Path(args.calib) if args.calib else None,
+            cache_dir=cache_dir,
+            l4t_release=l4t,
+            progress=printer,
+            force=args.force,
+            gate_seconds=args.gate_seconds,
+        )
+    finally:
+        printer.close()
+    if args.json:
+        summary = {**outcome.to_json(), "profile": profile.name, "l4t_release": l4t}
+        if printer.tty:
+            print_json(summary)
+        else:
+            print_json({"event": "result", **summary}, indent=None)
+        return 0
+    _print_outcome(outcome, profile, how)
+    return 0
+
+
+def _print_outcome(outcome: BuildOutcome, profile: DeviceProfile, how: str) -> None:
+    report = outcome.report
+    print(f"artifact:  {outcome.artifact.dir}")
+    print(
+        f"precision: {outcome.artifact.precision}" + ("  (cache hit)" if outcome.cache_hit else "")
+    )
+    print(f"why:       {report.why}")
+    print(f"profile:   {profile.name} ({how})")
+    print()
+    print(
+        format_table(
+            ["PRECISION", "METRIC", "VALUE", "P50_MS", "P99_MS", "PASSED"], report.table_rows()
+        )
+    )
+    if outcome.timings:
+        timings = ", ".join(f"{k} {v:.2f}s" for k, v in outcome.timings.items())
+        rss = (
+            ""
+            if outcome.peak_rss_mib is None
+            else f"; peak RSS of build {outcome.peak_rss_mib:.0f} MiB"
+        )
+        print(f"\ntimings: {timings}{rss}")
+    for note in outcome.notes:
+        print(f"note: {note}")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``build`` to the ``edge-agent`` parser."""
+    p = sub.add_parser(
+        "build",
+        help="build (or fetch from the cache) a validated engine for a model bundle",
+        description="Prepare, calibrate, quantize, build and validate an engine; the result is "
+        "stored in the engine cache.",
+    )
+    p.add_argument("bundle", help="model bundle directory (with model.yaml) or its model.yaml")
+    p.add_argument("--profile", default="auto", help="device profile name, or auto (detect)")
+    p.add_argument("--profiles-dir", default=None, help="directory of device profile YAMLs")
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default=None,
+        help="engine precision (default: the profile's build.default_precision)",
+    )
+    p.add_argument("--calib", default=None, help="calibration frames (default calib/<model>/)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="engine cache (default $XDG_CACHE_HOME/edge-agent, else .cache/edge-agent)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    p.add_argument(
+        "--gate-seconds",
+        type=positive_float,
+        default=3.0,
+        help="time budget of the validation gate's latency measurement (default 3)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_cmd_build)

@@ -1,0 +1,116 @@
+"""The build section of a device profile: engine builder limits, DLA use and INT8 calibration."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from agent.config.base import Backend, CalibrationMethod, Precision, Strict, at
+
+
+class DlaConfig(Strict):
+    enabled: bool = Field(
+        default=False, title="Use DLA", description="Build for a DLA core instead of the GPU."
+    )
+    core: int = Field(default=0, ge=0, le=1, title="DLA core", description="Which DLA core.")
+    gpu_fallback: bool = Field(
+        default=True,
+        title="GPU fallback",
+        description="Let layers the DLA cannot run fall back to the GPU.",
+    )
+
+
+class CalibrationConfig(Strict):
+    method: CalibrationMethod = Field(
+        default="entropy",
+        title="Method",
+        description="How activation ranges are chosen: entropy (KL), minmax or percentile.",
+    )
+    frames: int = Field(
+        default=64,
+        ge=8,
+        le=4096,
+        title="Frames",
+        description="Calibration frames used; on a small board keep this low (memory).",
+    )
+    heldout_frames: int = Field(
+        default=32,
+        ge=4,
+        le=4096,
+        title="Held-out frames",
+        description="Frames kept out of calibration and used by the validation gate.",
+    )
+    percentile: float = Field(
+        default=99.999,
+        gt=90,
+        le=100,
+        title="Percentile",
+        description="Percentile for method=percentile.",
+    )
+
+
+class BuildLimits(Strict):
+    backend: Backend = Field(title="Backend", description="Engine builder/runtime to use.")
+    workspace_mib: int = Field(
+        ge=16,
+        title="Workspace (MiB)",
+        description="Builder scratch memory limit (TensorRT MemoryPoolType.WORKSPACE).",
+    )
+    build_memory_cap_mib: int = Field(
+        ge=256,
+        title="Build memory cap (MiB)",
+        description="Address-space cap of the isolated build process; a build above it fails "
+        "with BuildFailed and retries once with half the workspace.",
+    )
+    build_timeout_s: float = Field(
+        default=1800, gt=0, title="Build timeout (s)", description="Kill a build after this."
+    )
+    precisions: list[Precision] = Field(
+        min_length=1,
+        title="Allowed precisions",
+        description="Precisions this device may build.",
+    )
+    default_precision: Precision | Literal["auto"] = Field(
+        default="auto",
+        title="Default precision",
+        description="Precision used when the command line does not say; auto = fastest allowed "
+        "precision that passes the validation gate.",
+    )
+    dla: DlaConfig = Field(default_factory=DlaConfig, title="DLA", description="DLA use.")
+    timing_cache: bool = Field(
+        default=True,
+        title="Timing cache",
+        description="Load and save TensorRT's tactic timing cache per device.",
+    )
+    optimization_level: int = Field(
+        default=3,
+        ge=0,
+        le=5,
+        title="Builder optimization level",
+        description="TensorRT builder optimization level (0-5): lower builds faster and uses less "
+        "memory, higher searches more tactics.",
+    )
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, title="Calibration", description="INT8 calibration."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> BuildLimits:
+        if self.default_precision != "auto" and self.default_precision not in self.precisions:
+            raise ValueError(
+                at(
+                    "default_precision",
+                    f"'{self.default_precision}' is not in precisions {self.precisions}; "
+                    "add it there or choose one of them",
+                )
+            )
+        if self.workspace_mib >= self.build_memory_cap_mib:
+            raise ValueError(
+                at(
+                    "workspace_mib",
+                    f"{self.workspace_mib} must be below build_memory_cap_mib "
+                    f"({self.build_memory_cap_mib}); the builder needs memory beyond its workspace",
+                )
+            )
+        return self

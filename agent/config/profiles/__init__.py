@@ -1,0 +1,1 @@
+"""Device profiles: the store that loads them and the board detection that picks one."""

@@ -1,0 +1,113 @@
+"""Picking the device profile that fits the board we run on.
+
+The model string picks the family; when several profiles share it (Orin Nano 4 GB / 8 GB, Orin NX
+8 GB / 16 GB), the module part number in ``compatible`` decides, then ``MemTotal``. A board that
+matches nothing falls back to the ``cpu`` profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config.device import DeviceProfile
+from agent.config.profiles.board import MODEL_FILE, BoardInfo, read_board
+from agent.config.profiles.store import CPU_PROFILE, ProfileStore
+from agent.core.errors import DetectionError
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The profile chosen for a board, and a sentence saying why."""
+
+    profile: str
+    reason: str
+    board: BoardInfo
+
+
+def _closest_memory(
+    candidates: list[DeviceProfile], memory_mib: int
+) -> tuple[DeviceProfile, str] | None:
+    ranked = sorted(candidates, key=lambda p: abs(p.identity.memory_mib - memory_mib))
+    best = ranked[0]
+    if len(ranked) > 1 and abs(ranked[1].identity.memory_mib - memory_mib) == abs(
+        best.identity.memory_mib - memory_mib
+    ):
+        return None
+    return best, f"MemTotal {memory_mib} MiB is closest to {best.identity.memory_mib} MiB"
+
+
+def _narrow(candidates: list[DeviceProfile], board: BoardInfo) -> tuple[DeviceProfile, str] | None:
+    """Pick one of several profiles: module part number first, then MemTotal."""
+    part = board.module_part_number
+    if part is not None:
+        by_part = [p for p in candidates if part in p.identity.module_part_numbers]
+        if len(by_part) == 1:
+            return by_part[0], f"module part number {part} (from device-tree compatible)"
+        if by_part:
+            candidates = by_part
+    if board.memory_mib is not None:
+        return _closest_memory(candidates, board.memory_mib)
+    return None
+
+
+def detect(root: Path = Path("/"), store: ProfileStore | None = None) -> Detection:
+    """Choose the device profile for the board under ``root``; falls back to ``cpu``."""
+    if not root.is_dir():
+        raise DetectionError(
+            f"cannot detect the board: {root} is not a directory",
+            fix="pass the filesystem root of the device (normally /)",
+        )
+    store = store if store is not None else ProfileStore()
+    if CPU_PROFILE not in store.names():
+        raise DetectionError(
+            f"no '{CPU_PROFILE}' profile in {store.directory} to fall back to",
+            fix=f"restore {CPU_PROFILE}.yaml in the device_profiles directory",
+        )
+    board = read_board(root)
+    where = root / MODEL_FILE
+    profiles = [p for p in store.all() if p.identity.family != "cpu"]
+
+    def fallback(why: str) -> Detection:
+        return Detection(CPU_PROFILE, f"{why}: falling back to {CPU_PROFILE}", board)
+
+    if board.model is None:
+        if board.is_tegra and board.module_part_number is not None:
+            by_part = [
+                p for p in profiles if board.module_part_number in p.identity.module_part_numbers
+            ]
+            if len(by_part) == 1:
+                return Detection(
+                    by_part[0].name,
+                    f"no usable {where}, but device-tree compatible names module "
+                    f"{board.module_part_number}",
+                    board,
+                )
+        trouble = next((n for n in board.notes if str(where) in n), None)
+        if trouble is not None:
+            return fallback(f"{trouble}; cannot identify the board")
+        return fallback(f"no {where} under {root}; not a Jetson")
+
+    matched = [p for p in profiles if board.model in p.identity.device_tree_models]
+    how = f"model '{board.model}'"
+    if not matched and board.module_part_number is not None:
+        # A custom carrier board renames the model but keeps NVIDIA's module compatible string.
+        matched = [
+            p for p in profiles if board.module_part_number in p.identity.module_part_numbers
+        ]
+        how = f"module part number {board.module_part_number} (model '{board.model}' is unknown)"
+    if not matched:
+        kind = "a Jetson board" if board.is_tegra else "board"
+        return fallback(f"{kind} model '{board.model}' matches no device profile")
+    if len(matched) == 1:
+        return Detection(matched[0].name, f"{how} matches profile {matched[0].name}", board)
+
+    names = ", ".join(p.name for p in matched)
+    narrowed = _narrow(matched, board)
+    if narrowed is None:
+        return fallback(
+            f"{how} fits {names} and neither the module part number nor MemTotal tells them "
+            "apart; set 'profile:' in agent.yaml"
+        )
+    profile, why = narrowed
+    return Detection(profile.name, f"{how} fits {names}; {why} selects {profile.name}", board)

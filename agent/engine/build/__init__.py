@@ -1,0 +1,1 @@
+"""The build: model bundle → validated, cached engine artifact (candidates, steps, orchestrator)."""

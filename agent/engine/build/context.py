@@ -1,0 +1,121 @@
+"""The state one build carries from step to step: what was asked, where it works, what the
+steps produced so far."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.backends.base import Backend
+from agent.config.build import BuildLimits
+from agent.config.device import DeviceProfile
+from agent.core.progress import ProgressFn
+from agent.engine.build.outcome import Stopwatch, max_rss
+from agent.engine.bundle import ModelBundle
+from agent.engine.cache import EngineCache
+from agent.engine.calibration import CalibrationSet
+from agent.engine.prepare import PreparedModel
+
+__all__ = ["BuildContext", "BuildInputs", "BuildOptions", "open_context"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the caller asked for, beyond the bundle and the profile."""
+
+    precision: str
+    calib_dir: Path | None
+    l4t_release: str | None
+    force: bool
+    gate_seconds: float
+    gate_iterations: int
+
+
+@dataclass
+class BuildContext:
+    """One build: its profile, backend, bundle, cache, scratch directory and running totals.
+
+    Everything is built in ``work`` (a ``.tmp-build-*`` directory under the cache root), which
+    the orchestrator removes at the end whatever happens."""
+
+    profile: DeviceProfile
+    backend: Backend
+    backend_version: str
+    bundle: ModelBundle
+    cache: EngineCache
+    cache_root: Path
+    work: Path
+    options: BuildOptions
+    progress: ProgressFn
+    watch: Stopwatch = field(default_factory=Stopwatch)
+    notes: list[str] = field(default_factory=list[str])
+    peak_rss: float | None = None
+
+    @property
+    def build_cfg(self) -> BuildLimits:
+        return self.profile.build
+
+    @property
+    def backend_name(self) -> str:
+        return self.profile.build.backend
+
+    @property
+    def static(self) -> bool:
+        """ONNX Runtime runs static shapes: every dynamic input dimension is pinned."""
+        return self.backend_name == "onnxruntime"
+
+    @property
+    def threads(self) -> int:
+        return self.profile.runtime.intra_op_threads
+
+    @property
+    def dla_core(self) -> int | None:
+        dla = self.profile.build.dla
+        return dla.core if dla.enabled else None
+
+    def record_rss(self, rss: float | None) -> None:
+        self.peak_rss = max_rss(self.peak_rss, rss)
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """The prepared model and the calibration set every candidate is built from."""
+
+    prepared: PreparedModel
+    calib: CalibrationSet
+    calib_dir: Path
+    size_hw: tuple[int, int]
+    input_name: str
+
+
+def open_context(
+    *,
+    profile: DeviceProfile,
+    backend: Backend,
+    backend_version: str,
+    bundle: ModelBundle,
+    cache_dir: Path,
+    options: BuildOptions,
+    progress: ProgressFn,
+) -> BuildContext:
+    """A context with the cache root created and a fresh ``.tmp-build-*`` directory in it."""
+    cache_root = Path(cache_dir).resolve()
+    cache = EngineCache(cache_root)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    work = cache_root / f".tmp-build-{bundle.config.name}-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    return BuildContext(
+        profile=profile,
+        backend=backend,
+        backend_version=backend_version,
+        bundle=bundle,
+        cache=cache,
+        cache_root=cache_root,
+        work=work,
+        options=options,
+        progress=progress,
+    )

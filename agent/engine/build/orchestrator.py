@@ -1,0 +1,97 @@
+"""The build orchestrator: model bundle → validated, cached engine artifact.
+
+::
+
+    load bundle → prepare → calibration set → for each candidate precision:
+        cache lookup → (miss) quantize (int8, isolated) → backend build (isolated; one retry at
+        half the workspace after running out of memory) → validate against the float
+        reference → commit to the cache (manifest carries the gate report) → choose
+
+The float reference is the prepared float model run by ONNX Runtime on the CPU. Everything is
+built in a ``.tmp-build-*`` directory under the cache root, removed at the end whatever happens;
+only complete, verified entries are ever published (by :meth:`EngineCache.commit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from agent.backends.registry import get_backend
+from agent.config.device import DeviceProfile
+from agent.core.progress import ProgressFn, no_progress
+from agent.engine.build.candidates import (
+    RequestedPrecision,
+    cached_outcome,
+    lookup_candidates,
+    wanted_precisions,
+)
+from agent.engine.build.context import BuildOptions, open_context
+from agent.engine.build.outcome import BuildOutcome
+from agent.engine.build.publish import commit_candidates, finish, validate_step
+from agent.engine.build.steps import build_candidates, prepare_inputs
+from agent.engine.bundle import load_bundle
+
+__all__ = ["build_engine", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/edge-agent`` when XDG_CACHE_HOME is set, else ``.cache/edge-agent``."""
+    env = os.environ if environ is None else environ
+    xdg = env.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "edge-agent"
+    return Path(".cache") / "edge-agent"
+
+
+def build_engine(
+    bundle_path: Path,
+    profile: DeviceProfile,
+    *,
+    precision: RequestedPrecision,
+    calib_dir: Path | None,
+    cache_dir: Path,
+    l4t_release: str | None = None,
+    progress: ProgressFn = no_progress,
+    force: bool = False,
+    gate_seconds: float = 3.0,
+    gate_iterations: int = 200,
+) -> BuildOutcome:
+    """Build (or fetch from the cache) a validated engine for ``bundle_path`` on ``profile``.
+
+    Raises :class:`ModelError`, :class:`CalibrationError`,
+    :class:`BuildFailed` or :class:`ValidationFailed`, each saying
+    how to fix the problem; nothing half-written is left in ``cache_dir``.
+    """
+    backend = get_backend(profile.build.backend)
+    backend_version = backend.version()
+    wanted = wanted_precisions(precision, profile, backend.precisions)
+    progress("load", 0.0, f"loading bundle {bundle_path}")
+    bundle = load_bundle(Path(bundle_path))
+    options = BuildOptions(precision, calib_dir, l4t_release, force, gate_seconds, gate_iterations)
+    ctx = open_context(
+        profile=profile,
+        backend=backend,
+        backend_version=backend_version,
+        bundle=bundle,
+        cache_dir=cache_dir,
+        options=options,
+        progress=progress,
+    )
+    try:
+        inputs = prepare_inputs(ctx)
+        candidates = lookup_candidates(ctx, inputs, wanted)
+        cached = cached_outcome(ctx, candidates)
+        if cached is not None:
+            return cached
+        build_candidates(ctx, inputs, candidates)
+        verdict = validate_step(ctx, inputs, candidates)
+        artifacts = commit_candidates(ctx, inputs, candidates, verdict)
+        return finish(ctx, inputs, verdict, artifacts)
+    finally:
+        shutil.rmtree(ctx.work, ignore_errors=True)

@@ -1,0 +1,23 @@
+"""Jobs the build child runs: module-level functions ``target(progress, *args)``, pickled by
+reference, so their module (and the backend it imports) loads in the child under the cap."""
+
+from __future__ import annotations
+
+import logging
+
+from agent.backends.base import BuildRequest, BuildResult
+from agent.backends.registry import get_backend
+from agent.core.progress import ProgressFn
+from agent.engine.onnxfiles import ONNX_FILES
+
+__all__ = ["backend_build_target"]
+
+log = logging.getLogger(__name__)
+
+
+def backend_build_target(
+    progress: ProgressFn, backend_name: str, request: BuildRequest
+) -> BuildResult:
+    """Child-side build: import the backend (after the memory cap is in place) and build."""
+    backend = get_backend(backend_name, onnx_files=ONNX_FILES)
+    return backend.build(request, progress)

@@ -1,0 +1,60 @@
+"""Q/DQ insertion: one ``quantize_static`` run of a recipe, and a count of what it inserted."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+from agent.engine.onnxgraph import load_model
+from agent.engine.prepare import PreparedModel
+from agent.engine.quantize.ranges import method_enum
+from agent.engine.quantize.reader import FrameReader
+from agent.engine.quantize.recipes import Recipe
+
+__all__ = ["count_qdq", "quantize_once"]
+
+log = logging.getLogger(__name__)
+
+
+def quantize_once(
+    prepared: PreparedModel,
+    out_path: Path,
+    reader: FrameReader,
+    *,
+    recipe: Recipe,
+    method: str,
+    exclude: Sequence[str],
+    cache_path: Path,
+) -> None:
+    """One ``quantize_static`` run of ``prepared`` into ``out_path`` with ranges from
+    ``cache_path``, leaving the nodes ``exclude`` in float."""
+    quantize_static(
+        str(prepared.path),
+        str(out_path),
+        calibration_data_reader=reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(recipe.op_types) if recipe.op_types else None,
+        per_channel=recipe.per_channel,
+        reduce_range=False,
+        activation_type=QuantType[recipe.activation_type],
+        weight_type=QuantType[recipe.weight_type],
+        nodes_to_exclude=list(exclude),
+        calibrate_method=method_enum(method),
+        extra_options=recipe.options(),
+        calibration_cache_path=str(cache_path),
+        # >2 GiB models: prepare() wrote external data, keep it that way
+        use_external_data_format=prepared.path.with_name(prepared.path.name + ".data").exists(),
+    )
+
+
+def count_qdq(path: Path) -> dict[str, int]:
+    """How many QuantizeLinear / DequantizeLinear nodes the file holds."""
+    model = load_model(path, external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

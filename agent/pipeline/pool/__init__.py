@@ -1,0 +1,1 @@
+"""The worker pool, split by role: workers, batching, postprocess hand-off, reorder."""

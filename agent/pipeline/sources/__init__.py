@@ -1,0 +1,1 @@
+"""Camera and video sources, split by role."""
