@@ -32,6 +32,7 @@ from agent.engine.cache import load_artifact
 from agent.ota.manifest import Golden, GoldenCase, validate_manifest
 from agent.ota.record import BuildResult, ProbationSample
 from agent.ota.store import ENVELOPE_FILE
+from agent.pipeline.stats import PipelineStats
 
 __all__ = [
     "EngineBuilderAdapter",
@@ -177,10 +178,11 @@ class EngineBuilderAdapter:
             self._golden(result, bundle_dir)
 
 
-def _inference_fps(stats: Mapping[str, Any]) -> float | None:
+def _inference_fps(stats: PipelineStats | None) -> float | None:
     """Inferences/s of one worker from the pipeline's p50 inference latency."""
-    infer = stats.get("latency_ms", {}).get("infer", {}).get("p50") if stats else None
-    return 1000.0 / infer if isinstance(infer, (int, float)) and infer > 0 else None
+    latency = stats.latency_ms.get("infer") if stats is not None else None
+    infer = latency.p50 if latency is not None else None
+    return 1000.0 / infer if infer is not None and infer > 0 else None
 
 
 class PipelineServing:
@@ -197,8 +199,8 @@ class PipelineServing:
         self.host.swap_model(model, bundle_dir, result.artifact_dir)
         with self._lock:
             stats = self.host.pipeline_stats(model)
-            self._last_nan[model] = int(stats.get("nan_outputs", 0))
-            self._last_restarts[model] = int(stats.get("worker_restarts", 0))
+            self._last_nan[model] = stats.nan_outputs if stats is not None else 0
+            self._last_restarts[model] = stats.worker_restarts if stats is not None else 0
             self._model = model
 
     def probation_sample(self) -> ProbationSample:
@@ -207,16 +209,15 @@ class PipelineServing:
             if model is None:
                 return ProbationSample(fps=None)
             stats = self.host.pipeline_stats(model)
-            if not stats:
+            if stats is None:
                 return ProbationSample(fps=None, crashed=True)
-            nan = int(stats.get("nan_outputs", 0))
-            restarts = int(stats.get("worker_restarts", 0))
+            nan, restarts = stats.nan_outputs, stats.worker_restarts
             new_nan = max(0, nan - self._last_nan.get(model, 0))
             crashed = restarts > self._last_restarts.get(model, 0) or bool(
                 self.host.pipeline_failures(model)
             )
             self._last_nan[model], self._last_restarts[model] = nan, restarts
-        frames = sum(int(s["results"]) for s in stats["sources"].values())
+        frames = sum(s.results for s in stats.sources.values())
         return ProbationSample(
             fps=_inference_fps(stats), nan_outputs=new_nan, crashed=crashed, frames=frames
         )

@@ -11,6 +11,7 @@ from agent.app.events import EventBus
 from agent.app.models import ModelRegistry
 from agent.app.runconfig import RunConfig
 from agent.config.agent import AgentConfig
+from agent.pipeline.stats import PipelineStats
 
 
 class OtaHost:
@@ -54,9 +55,8 @@ class OtaHost:
     def swap_model(self, model: str, bundle_dir: Path, artifact_dir: Path) -> None:
         self._models.swap_model(model, bundle_dir, artifact_dir)
 
-    def pipeline_stats(self, model: str) -> dict[str, Any]:
-        stats = self._models.pipeline_stats(model)
-        return stats.to_json() if stats is not None else {}
+    def pipeline_stats(self, model: str) -> PipelineStats | None:
+        return self._models.pipeline_stats(model)
 
     def pipeline_failures(self, model: str) -> tuple[str, ...]:
         return self._models.pipeline_failures(model)

@@ -19,6 +19,8 @@ from typing import Any
 from agent.config.agent import AgentConfig
 from agent.config.device import DeviceProfile
 from agent.core.errors import ConfigError, ModelError, OtaReason, OtaRejected
+from agent.engine.bundle import load_bundle
+from agent.engine.onnxgraph import external_locations, load_model
 from agent.ota.manifest import Manifest
 from agent.ota.store import VersionStore
 from agent.ota.trust import SignedManifest, TrustStore
@@ -188,9 +190,6 @@ def _external_problem(location: str, onnx_dir: Path, bundle_dir: Path, files: It
 
 def check_bundle(bundle_dir: Path, manifest: Manifest) -> None:
     """Post-download checks on the staged bundle (raises :class:`OtaRejected`)."""
-    from agent.engine.bundle import load_bundle
-    from agent.engine.onnxgraph import external_locations, load_model
-
     try:
         bundle = load_bundle(bundle_dir)
     except (ConfigError, ModelError) as exc:

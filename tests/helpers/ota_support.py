@@ -91,3 +91,16 @@ def verifier(
 ) -> Verifier:
     store = VersionStore(state_dir, keep_versions=keep, disk_quota_mib=quota_mib)
     return Verifier(TrustStore.load(trust_dir), facts(**fact_kw), store, max_bundle_mib=quota_mib)
+
+
+# The states of an update that goes all the way, in order.
+HAPPY = [
+    "received",
+    "verified",
+    "downloaded",
+    "building",
+    "validating",
+    "activating",
+    "probation",
+    "active",
+]

@@ -27,6 +27,7 @@ from agent.ota.states import TERMINAL, TRANSITIONS, UpdateState
 from agent.ota.updater import Updater
 from tests.assets import CLS_CALIB as CALIB
 from tests.helpers.ota_support import (
+    HAPPY,
     copy_bundle,
     envelope_bytes,
     file_payload,
@@ -37,16 +38,6 @@ from tests.helpers.ota_support import (
 )
 
 MODEL = "shapes-cls"
-HAPPY = [
-    "received",
-    "verified",
-    "downloaded",
-    "building",
-    "validating",
-    "activating",
-    "probation",
-    "active",
-]
 
 
 class Crash(BaseException):

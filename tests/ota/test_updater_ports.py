@@ -17,6 +17,7 @@ from agent.ota.record import BuildResult, ProbationSample
 from agent.ota.updater import Updater
 from tests.fakes.ota_ports import FakeBuilder, FakeServing, ListPublisher, ScriptedAdmission
 from tests.helpers.ota_support import (
+    HAPPY,
     copy_bundle,
     envelope_bytes,
     file_payload,
@@ -27,16 +28,6 @@ from tests.helpers.ota_support import (
 )
 
 MODEL = "shapes-cls"
-HAPPY = [
-    "received",
-    "verified",
-    "downloaded",
-    "building",
-    "validating",
-    "activating",
-    "probation",
-    "active",
-]
 
 
 class Crash(BaseException):
