@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.core.progress import throttle
 from agent.ota.activation import build_and_activate
 from agent.ota.context import UpdateContext
 from agent.ota.control import Stopped
@@ -81,14 +82,13 @@ class ThrottledProgress:
 
     def __init__(self, ctx: UpdateContext):
         self.ctx = ctx
-        self.last_fraction = -1.0
-        self.last_time = 0.0
+        self._report = throttle(self._record, every_s=2.0, min_step=0.1)
 
     def __call__(self, done: int, total: int, message: str) -> None:
         fraction = 1.0 if total <= 0 else min(1.0, done / total)
-        now = time.monotonic()
-        if fraction < 1.0 and fraction - self.last_fraction < 0.1 and now - self.last_time < 2.0:
-            return
-        self.last_fraction, self.last_time = fraction, now
+        self._report("download", fraction, message)
+
+    def _record(self, stage: str, fraction: float, message: str) -> None:
+        del stage
         with contextlib.suppress(OSError):
             self.ctx.tracker.update(progress=round(fraction, 3), progress_message=message)

@@ -13,6 +13,11 @@ from agent.core.errors import BuildFailed, EdgeAgentError
 from agent.ota.record import BuildResult, ProbationSample
 
 
+class Crash(BaseException):
+    """The process dying inside a port or hook (not an Exception: nothing in the updater
+    catches it)."""
+
+
 @dataclass
 class FakeBuilder:
     """``EngineBuilder``: "builds" a bundle into an artifact directory under ``root`` (the

@@ -26,6 +26,7 @@ from agent.ota.record import BuildResult, ProbationSample
 from agent.ota.states import TERMINAL, TRANSITIONS, UpdateState
 from agent.ota.updater import Updater
 from tests.assets import CLS_CALIB as CALIB
+from tests.fakes.ota_ports import Crash
 from tests.helpers.ota_support import (
     HAPPY,
     copy_bundle,
@@ -38,10 +39,6 @@ from tests.helpers.ota_support import (
 )
 
 MODEL = "shapes-cls"
-
-
-class Crash(BaseException):
-    """Simulates the process dying inside a hook (not an Exception: nothing catches it)."""
 
 
 @dataclass

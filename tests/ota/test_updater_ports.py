@@ -15,7 +15,7 @@ from agent.core.errors import BuildFailed
 from agent.ota.ports import UpdaterPorts
 from agent.ota.record import BuildResult, ProbationSample
 from agent.ota.updater import Updater
-from tests.fakes.ota_ports import FakeBuilder, FakeServing, ListPublisher, ScriptedAdmission
+from tests.fakes.ota_ports import Crash, FakeBuilder, FakeServing, ListPublisher, ScriptedAdmission
 from tests.helpers.ota_support import (
     HAPPY,
     copy_bundle,
@@ -28,10 +28,6 @@ from tests.helpers.ota_support import (
 )
 
 MODEL = "shapes-cls"
-
-
-class Crash(BaseException):
-    """The process dying inside a port (nothing in the updater catches a BaseException)."""
 
 
 class CrashingBuilder(FakeBuilder):
