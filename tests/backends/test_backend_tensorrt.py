@@ -25,6 +25,7 @@ from tests.fakes.fake_tensorrt import (
     FakeCuda,
     build_request,
     make_fake_tensorrt,
+    onnx_dq_model,
     onnx_relu_model,
 )
 
@@ -112,6 +113,39 @@ def test_build_dla_without_gpu_fallback(tmp_path: Path, fake: Any) -> None:
     _build(tmp_path, fake, dla_core=0, gpu_fallback=False)
     assert fake._fake.named("DLA_core") == [("DLA_core", 0)]
     assert "GPU_FALLBACK" not in fake._fake.configs[0].flags_set
+
+
+def test_build_dla_pins_the_profile_to_opt(tmp_path: Path, fake: Any) -> None:
+    result = _build(tmp_path, fake, dla_core=0)
+    opt = SHAPES["images"].opt
+    assert fake._fake.named("set_shape") == [("set_shape", "images", opt, opt, opt)]
+    assert any("DLA needs static shapes" in n for n in result.info["plan"]["notes"])
+
+
+def test_fake_builder_refuses_dla_with_a_dynamic_profile(
+    tmp_path: Path, fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the rule the plan obeys, shown by a plan that would not: TensorRT's DLA restrictions
+    monkeypatch.setattr(trt_plan, "_plan_profile", lambda request, *_: dict(request.shapes))
+    with pytest.raises(BuildFailed, match="DLA does not support dynamic dimensions"):
+        _build(tmp_path, fake, dla_core=0)
+    (tmp_path / "gpu").mkdir()
+    _build(tmp_path / "gpu", fake)  # the same dynamic profile builds on the GPU
+
+
+def test_parser_rejects_int32_into_dequantize_linear(tmp_path: Path, fake: Any) -> None:
+    onnx_dq_model(tmp_path / "model.onnx", quantized="int32")
+    with pytest.raises(BuildFailed) as err:
+        trt_backend.BACKEND.build(build_request(tmp_path), lambda *_: None)
+    text = str(err.value)
+    assert "b_DequantizeLinear: only activation types allowed as input to this layer" in text
+    assert "INT32" in text
+
+
+def test_parser_accepts_int8_into_dequantize_linear(tmp_path: Path, fake: Any) -> None:
+    onnx_dq_model(tmp_path / "model.onnx", quantized="int8")
+    result = trt_backend.BACKEND.build(build_request(tmp_path), lambda *_: None)
+    assert result.main_file == "engine.plan"
 
 
 def test_timing_cache_created_when_absent_and_saved(tmp_path: Path, fake: Any) -> None:

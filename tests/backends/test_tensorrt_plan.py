@@ -103,6 +103,21 @@ def test_plan_dla_with_and_without_gpu_fallback(tmp_path: Path, gen: str) -> Non
     assert "GPU_FALLBACK" not in plan.builder_flags
 
 
+@pytest.mark.parametrize("gen", GENERATIONS)
+def test_plan_dla_pins_a_dynamic_profile_to_opt(tmp_path: Path, gen: str) -> None:
+    opt = SHAPES["images"].opt
+    plan = trt_plan.plan_build(build_request(tmp_path, dla_core=0), CAPS[gen])
+    assert plan.profile["images"] == InputShapes(opt, opt, opt)
+    assert [n for n in plan.notes if "DLA needs static shapes" in n]
+    gpu = trt_plan.plan_build(build_request(tmp_path), CAPS[gen])
+    assert gpu.profile["images"] == SHAPES["images"]  # the GPU keeps the dynamic range
+    static = InputShapes(opt, opt, opt)
+    plan = trt_plan.plan_build(
+        build_request(tmp_path, dla_core=0, shapes={"images": static}), CAPS[gen]
+    )
+    assert plan.profile["images"] == static and not any("DLA needs" in n for n in plan.notes)
+
+
 def test_plan_dla_fp32_is_refused_with_a_fix(tmp_path: Path) -> None:
     with pytest.raises(BuildFailed, match="DLA runs only INT8 and FP16") as err:
         trt_plan.plan_build(build_request(tmp_path, precision="fp32", dla_core=0), CAPS["10.3"])

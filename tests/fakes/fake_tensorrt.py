@@ -11,6 +11,10 @@ The generations differ where TensorRT does:
   ``build_engine``. A strongly typed network rejects precision flags, as the real builder does.
 * 11.0: no EXPLICIT_BATCH, no ``BuilderFlag.INT8/FP16``; every network is strongly typed.
 
+On every generation the parser refuses a DequantizeLinear whose input is not a quantized type
+(:func:`dequantize_input_errors`: an INT32 bias, a U8 activation), and the builder refuses a DLA
+build whose optimization profile is dynamic (min, opt and max not all equal), as TensorRT does.
+
 Every call is recorded in ``module._fake.calls`` as ``(method, *args)``; the built "engine" is
 JSON behind a magic prefix, and its execution context computes ``relu(first input)`` for each
 output through the fake device memory, so a runner round-trip is checkable. With an
@@ -42,6 +46,51 @@ EXPECTED_FLAGS = {
     "10.3": ((), ("INT8", "FP16"), ("FP16",)),
     "11.0": (("STRONGLY_TYPED",), (), ()),
 }
+
+
+#: ONNX element types TensorRT's parser takes as DequantizeLinear input (its "quantized types"):
+#: INT8 only up to 8.6 (onnx-tensorrt 8.x docs/operators.md lists INT8 as the one quantized
+#: type); INT8, INT4 and FLOAT8E4M3FN from 10.0 (onnx-tensorrt 10.x docs/operators.md: "INT8,
+#: INT4, and FP8 are treated as Quantized Types"). An INT32 bias behind a DequantizeLinear (ORT's
+#: default QuantizeBias) fails with "only activation types allowed as input to this layer"
+#: (microsoft/onnxruntime#14229, onnx/onnx-tensorrt#850).
+DQ_INPUT_TYPES = {8: {3}, 10: {3, 22, 17}, 11: {3, 22, 17}}
+_ONNX_TYPE_NAMES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 10: "FLOAT16"}
+
+
+def _elem_types(graph: Any) -> dict[str, int]:
+    """Tensor name -> ONNX element type, from initializers, value infos, inputs and the zero
+    point of each QuantizeLinear (its output type; uint8 without one, as the ONNX spec says)."""
+    types_: dict[str, int] = {t.name: t.data_type for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        types_.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            types_[node.output[0]] = types_.get(zero_point, 2) if zero_point else 2
+    return types_
+
+
+def dequantize_input_errors(graph: Any, major: int) -> list[tuple[int, str]]:
+    """(node index, message) for each DequantizeLinear whose input is not a quantized type this
+    TensorRT generation parses, worded as onnx-tensorrt's importer reports it."""
+    allowed = DQ_INPUT_TYPES[major]
+    types_ = _elem_types(graph)
+    errors: list[tuple[int, str]] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "DequantizeLinear":
+            continue
+        elem = types_.get(node.input[0])
+        if elem is not None and elem not in allowed:
+            name = _ONNX_TYPE_NAMES.get(elem, str(elem))
+            errors.append(
+                (
+                    index,
+                    f"{node.name}: only activation types allowed as input to this layer "
+                    f"(DequantizeLinear input '{node.input[0]}' is {name})",
+                )
+            )
+    return errors
 
 
 # --------------------------------------------------------------------------- shared state
@@ -295,6 +344,10 @@ def make_fake_tensorrt(version: str = "10.3") -> types.ModuleType:
                 self._errors.append(ParserError(f"failed to load ONNX: {exc}"))
                 return False
             graph = proto.graph
+            dq_errors = dequantize_input_errors(graph, major)
+            if dq_errors:
+                self._errors += [ParserError(msg, node) for node, msg in dq_errors]
+                return False
             init = {i.name for i in graph.initializer}
 
             def tensor(vi: Any) -> ITensor:
@@ -434,6 +487,17 @@ def make_fake_tensorrt(version: str = "10.3") -> types.ModuleType:
         }
         return MAGIC + json.dumps(body).encode()
 
+    def _dynamic_profile(config: IBuilderConfig) -> str:
+        """The error a DLA build with a dynamic optimization profile gets; "" if static."""
+        for profile in config.profiles:
+            for name, (lo, mid, hi) in profile.shapes.items():
+                if not lo == mid == hi:
+                    return (
+                        f"DLA does not support dynamic dimensions: input '{name}' has min {lo}, "
+                        f"opt {mid}, max {hi} in its optimization profile; they must be equal"
+                    )
+        return ""
+
     class Builder:
         def __init__(self, logger: ILogger) -> None:
             self.logger = logger
@@ -486,6 +550,11 @@ def make_fake_tensorrt(version: str = "10.3") -> types.ModuleType:
                 network.strongly_typed or {"FP16", "INT8"} & set(config.flags_set)
             ):
                 self.logger.log(err, "DLA requires FP16 or INT8")
+                return None
+            if config.default_device_type == mod.DeviceType.DLA and _dynamic_profile(config):
+                # TensorRT docs, "DLA Supported Layers and Restrictions": DLA does not support
+                # dynamic dimensions, so the profile's min, max and opt must be equal.
+                self.logger.log(err, _dynamic_profile(config))
                 return None
             if config._timing_cache is not None:
                 config._timing_cache.data += b"|tactics"
@@ -882,6 +951,28 @@ def onnx_relu_model(
         for i in range(layers)
     ]
     graph = helper.make_graph(nodes, "g", [x], [y])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def onnx_dq_model(path: Path, *, quantized: str = "int8") -> Path:
+    """``Relu(images) + DequantizeLinear(b_q)`` with ``b_q`` a constant of ``quantized`` type
+    ("int8", or "int32" as ORT writes a quantized bias): the fake parser's DequantizeLinear rule."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    dtype = {"int8": np.int8, "int32": np.int32}[quantized]
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 4, 4])
+    y = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3, 4, 4])
+    inits = [
+        numpy_helper.from_array(np.ones((3, 1, 1), dtype), "b_q"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "b_scale"),
+    ]
+    nodes = [
+        helper.make_node("Relu", ["images"], ["r"], name="relu"),
+        helper.make_node("DequantizeLinear", ["b_q", "b_scale"], ["b"], name="b_DequantizeLinear"),
+        helper.make_node("Add", ["r", "b"], ["scores"], name="add"),
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=inits)
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 

@@ -18,6 +18,7 @@ I/O at run time     tensor names    tensor names                  tensor names
 
 Workspace (``set_memory_pool_limit(WORKSPACE)``), one optimization profile, the timing cache,
 ``builder_optimization_level``, DLA and ``ProfilingVerbosity.DETAILED`` are the same on all three.
+A DLA build pins the profile to opt (min = opt = max): the DLA has no dynamic shapes.
 """
 
 from __future__ import annotations
@@ -216,14 +217,28 @@ def _plan_level(request: BuildRequest, caps: Capabilities, draft: _Draft) -> int
     return None
 
 
-def _plan_profile(request: BuildRequest) -> dict[str, InputShapes]:
+def _plan_profile(
+    request: BuildRequest, device_type: Literal["GPU", "DLA"], draft: _Draft
+) -> dict[str, InputShapes]:
+    """The optimization profile. On the DLA every input is pinned to its opt shape: TensorRT's
+    "DLA Supported Layers and Restrictions" (8.6 through 10.x docs) says "DLA does not support
+    dynamic dimensions, so the profile's min, max, and opt values must be equal for wildcard
+    dimensions", and "the runtime dimensions must be the same as the dimensions used for
+    building"; a dynamic profile fails the build, or with GPU fallback runs on the GPU."""
+    pin = request.static_shapes or device_type == "DLA"
     profile: dict[str, InputShapes] = {}
     for name, shapes in request.shapes.items():
         _check_shapes(name, shapes)
-        if request.static_shapes:
+        if pin:
             profile[name] = InputShapes(shapes.opt, shapes.opt, shapes.opt)
         else:
             profile[name] = shapes
+        if device_type == "DLA" and not shapes.min == shapes.opt == shapes.max:
+            draft.notes.append(
+                f"DLA needs static shapes: input '{name}' pinned to its opt shape {shapes.opt} "
+                f"(profile min {shapes.min} / max {shapes.max} ignored); the engine accepts only "
+                "that shape, so set min = opt = max in the device profile to say so"
+            )
     return profile
 
 
@@ -251,7 +266,7 @@ def plan_build(request: BuildRequest, caps: Capabilities) -> BuildPlan:
     strongly_typed = _plan_precision(request, caps, draft)
     device_type = _plan_device(request, draft)
     level = _plan_level(request, caps, draft)
-    profile = _plan_profile(request)
+    profile = _plan_profile(request, device_type, draft)
     cache = _plan_timing_cache(request, caps, level, draft)
     return BuildPlan(
         network_flags=tuple(draft.network_flags),

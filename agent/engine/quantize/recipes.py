@@ -1,8 +1,8 @@
 """Quantization recipes: how each backend wants its Q/DQ graph (data, no tooling).
 
-TensorRT wants symmetric S8 activations and per-channel symmetric S8 weights with Q/DQ only
-where it can fuse them; ONNX Runtime's CPU kernels are fast with asymmetric U8 activations and
-S8 weights.
+TensorRT wants symmetric S8 activations and per-channel symmetric S8 weights, Q/DQ on the
+*inputs* of the layers it fuses (never an INT32 bias behind a DequantizeLinear); ONNX Runtime's
+CPU kernels are fast with asymmetric U8 activations and S8 weights.
 """
 
 from __future__ import annotations
@@ -62,6 +62,41 @@ _COMPUTE_OPS = (
     "Resize",
 )
 
+#: Weighted layers whose outputs TensorRT fuses with the next op: no output Q/DQ on them.
+_FUSED_OUTPUT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+#: ``quantize_static`` options for TensorRT, after NVIDIA Model Optimizer's own ORT settings
+#: (NVIDIA/Model-Optimizer ``modelopt/onnx/quantization/int8.py``, ``_configure_ort``'s
+#: ``trt_guided_options``: QuantizeBias False, ActivationSymmetric,
+#: OpTypesToExcludeOutputQuantization = every op type, DedicatedQDQPair,
+#: QDQOpTypePerChannelSupportToAxis {Conv: 0, ConvTranspose: 1}). Differences, on purpose:
+#: output Q/DQ is excluded only on the fused weighted layers, because ORT's QDQDirect8BitOp
+#: (MaxPool, Resize...) quantizes nothing but its output unless ForceQuantizeNoInputCheck is
+#: set, so excluding every output would leave those ops float; and weights stay ORT's default
+#: S8 initializer + DequantizeLinear rather than AddQDQPairToWeight (float weight + Q + DQ).
+_TENSORRT_ORT_OPTIONS: dict[str, Any] = {
+    # Bias stays float. ORT's default quantizes each Conv/Gemm bias to an INT32 initializer
+    # behind a DequantizeLinear, and TensorRT's ONNX parser accepts only 8-bit quantized types
+    # (INT8; FP8/INT4 on 10.x+) as DequantizeLinear input: onnx-tensorrt docs/operators.md
+    # ("INT8, INT4, and FP8 are treated as Quantized Types"), failing with "only activation types
+    # allowed as input to this layer" (microsoft/onnxruntime#14229, onnx/onnx-tensorrt#850).
+    # TensorRT folds the float bias into the INT8 kernel itself.
+    "QuantizeBias": False,
+    # No Q/DQ on the outputs of the layers TensorRT fuses with what follows (Conv+BN+ReLU,
+    # Conv+Add, Gemm/MatMul+activation): a Q/DQ there splits the fusion and adds reformats.
+    # The next quantized layer puts its own Q/DQ on its input instead (after the activation).
+    "OpTypesToExcludeOutputQuantization": list(_FUSED_OUTPUT_OPS),
+    # Relu/Clip must stay in the graph: TensorRT fuses them itself, and with symmetric
+    # activations removing them would change the result.
+    "QDQKeepRemovableActivations": True,
+    # One Q/DQ pair per consumer: TensorRT propagates and fuses each pair on its own.
+    "DedicatedQDQPair": True,
+    # Per-channel weight axis = output channels. ORT's QDQConv/QDQGemm pick it themselves
+    # (Conv [K, C, R, S] -> 0, ConvTranspose [C, K, R, S] -> 1, Gemm by transB) and do not read
+    # this map; MatMul (weights [C, K]) does and needs 1.
+    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+}
+
 RECIPES: dict[str, Recipe] = {
     "tensorrt": Recipe(
         name="tensorrt",
@@ -74,15 +109,10 @@ RECIPES: dict[str, Recipe] = {
         # ConvTranspose, Gemm/MatMul), not their outputs; quantize both inputs of residual Adds
         # and the ops TensorRT runs in INT8 between them (pooling, Concat, Resize); leave
         # BatchNorm/activation fusion to TensorRT (activations stay explicit in the graph).
+        # ORT's defaults do neither on their own (QDQConv/QDQGemm/QDQMatMul quantize their
+        # outputs and their bias): ``extra_options`` below turn both off.
         op_types=_COMPUTE_OPS,
-        extra_options={
-            # Relu/Clip must stay in the graph: TensorRT fuses them itself, and with symmetric
-            # activations removing them would change the result.
-            "QDQKeepRemovableActivations": True,
-            # One Q/DQ pair per consumer: TensorRT propagates and fuses each pair on its own.
-            "DedicatedQDQPair": True,
-            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-        },
+        extra_options=_TENSORRT_ORT_OPTIONS,
         description="S8 symmetric activations, S8 per-channel symmetric weights, QDQ, "
         "TensorRT-fusable ops only",
     ),
