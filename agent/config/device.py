@@ -68,9 +68,14 @@ class Identity(Strict):
 
     @model_validator(mode="after")
     def _modes(self) -> Identity:
+        # Names are unique; an id may repeat, because nvpmodel reuses ids across module SKUs
+        # and releases (AGX Orin id 3 is MODE_40W on p3701-0004, MODE_50W on p3701-0000;
+        # Orin Nano 4GB id 1 was 7W_AI before JetPack 6.2, 25W after). The sample carries the
+        # mode's name, which is what the governor looks up.
         ids = [m.id for m in self.power_modes]
-        if len(set(ids)) != len(ids):
-            raise ValueError(at("power_modes", "ids must be unique; remove the duplicate id"))
+        names = [m.name.casefold() for m in self.power_modes]
+        if len(set(names)) != len(names):
+            raise ValueError(at("power_modes", "names must be unique; remove the duplicate name"))
         if self.default_power_mode is not None and self.default_power_mode not in ids:
             raise ValueError(
                 at(
@@ -293,7 +298,8 @@ class DeviceProfile(Strict):
         return self
 
     def power_budget_w(self, mode_id: int | None = None) -> float | None:
-        """Budget for ``mode_id`` (default: the profile's default mode, or the override)."""
+        """Budget for ``mode_id`` (default: the profile's default mode, or the override); an id
+        listed under several names gives its first entry's budget."""
         if self.monitor.power_budget_w is not None:
             return self.monitor.power_budget_w
         wanted = self.identity.default_power_mode if mode_id is None else mode_id

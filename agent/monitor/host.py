@@ -161,7 +161,9 @@ class CpuLoad:
 
     The aggregate ``cpu`` line holds user nice system idle iowait irq softirq steal guest
     guest_nice (proc(5)); guest time is already counted in user/nice, so only the first eight
-    are summed; idle time is ``idle + iowait``. The first read has no previous one: None.
+    are summed. Busy time is ``user + nice + system``, the figure jtop reports
+    (``jtop/core/cpu.py`` get_utilization() gives only user, nice, system and idle shares), so
+    the jtop and sysfs sources agree. The first read has no previous one: None.
     """
 
     prev_total: int | None = None
@@ -184,8 +186,8 @@ class CpuLoad:
             self.prev_total = self.prev_idle = None
             return None
         warn.ok("cpu_load")
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
         total = sum(fields)
+        idle = total - sum(fields[:3])  # everything but user + nice + system
         prev_total, prev_idle = self.prev_total, self.prev_idle
         self.prev_total, self.prev_idle = total, idle
         if prev_total is None or prev_idle is None:

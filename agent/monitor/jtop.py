@@ -15,7 +15,9 @@ board. Names below are jetson-stats' own (checked against its source, tags 4.2.x
 * ``.temperature``: ``{name: {'temp': °C, 'online': bool}}``; offline = -256
   (``jtop/core/temperature.py``, ``TEMPERATURE_OFFLINE``). Names are jtop's: ``cpu``, ``tj``...
 * ``.memory``: ``['RAM']['tot'|'used'|'free'|...]`` and ``['SWAP']['tot'|'used']`` in **kB**
-  (``jtop/jtop.py``, ``memory`` docstring; ``jtop/core/memory.py``).
+  (``jtop/jtop.py``, ``memory`` docstring; ``jtop/core/memory.py``). Used only when
+  ``/proc/meminfo`` cannot be read: RAM pressure is MemAvailable, as in the sysfs source.
+  Temperatures, power and CPU follow :mod:`agent.monitor.jetson_rules` and the sysfs source.
 * ``.gpu``: dict-like of GPUs, each ``['status']['load']`` in % (``jtop/core/gpu.py``:
   ``float(load) / 10.0``).
 * ``.cpu``: ``{'total': {'user', 'nice', 'system', 'idle'}, 'cpu': [...]}`` in %.
@@ -37,11 +39,13 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from agent.core.errors import JtopUnavailable
-from agent.monitor.host import WarnOnce
+from agent.monitor.host import WarnOnce, read_memory
+from agent.monitor.jetson_rules import EXCLUDED_JTOP_ZONES, module_power_sum, soc_zones
 from agent.monitor.sample import MemorySample, Sample
 
 log = logging.getLogger(__name__)
@@ -103,8 +107,10 @@ class JtopSource:
         reconnect_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        meminfo: Path = Path("/proc/meminfo"),
     ) -> None:
         self._clock = clock
+        self._meminfo = meminfo
         self._wall = wall_clock
         self._reconnect_s = reconnect_interval_s
         self._warn = WarnOnce(log)
@@ -180,7 +186,7 @@ class JtopSource:
             power_w=rails,
             board_power_w=board,
             temps_c=self._field("temperature", client, self._temps, {}),
-            memory=self._field("memory", client, self._memory, MemorySample()),
+            memory=self._read_memory(client),
             gpu_load_pct=self._field("gpu", client, self._gpu, None),
             cpu_load_pct=self._field("cpu", client, self._cpu, None),
             power_mode=self._field("nvpmodel", client, self._mode, None),
@@ -200,23 +206,47 @@ class JtopSource:
         power: Mapping[str, Any] = client.power or {}
         rails: dict[str, float | None] = {}
         for name, rail in (power.get("rail") or {}).items():
+            if rail.get("type") == "SYSTEM":
+                # /sys/class/power_supply entries (AGX Orin's USB-PD ``ucsi-source-psy-*``):
+                # jtop/core/power.py find_all_system_monitor() gives them type 'SYSTEM'; they
+                # are supply status, not board rails, yet total_power() sums them.
+                continue
             mw = _num(rail.get("power"))
             rails[str(name)] = mw / 1000.0 if mw is not None and rail.get("online", True) else None
         tot = power.get("tot") or {}
+        if "name" not in tot:
+            # No VDD_IN (AGX Orin): jtop's 'tot' sums every entry, USB-PD and the carrier's
+            # VIN_SYS_5V0 included; use the module sum that the sysfs source uses.
+            return rails, module_power_sum(rails)
         tot_mw = _num(tot.get("power"))
         board = tot_mw / 1000.0 if tot_mw is not None else None
-        if "name" in tot:  # total_power() moved VDD_IN / POM_5V_IN out of 'rail'
-            rails[str(tot["name"])] = board
+        rails[str(tot["name"])] = board  # total_power() moved VDD_IN / POM_5V_IN out of 'rail'
         return rails, board
 
     @staticmethod
     def _temps(client: Any) -> dict[str, float | None]:
         temps: dict[str, float | None] = {}
         for name, zone in (client.temperature or {}).items():
+            if "max" in zone or "crit" in zone or name in EXCLUDED_JTOP_ZONES:
+                # jtop/core/temperature.py: hwmon sensors (an NVMe drive's "Composite"...) come
+                # from get_hwmon_thermal_system() with 'max'/'crit' entries; thermal zones carry
+                # only 'temp' (+ 'online'). Only the SoC's zones count.
+                continue
             value = _num(zone.get("temp"))
             online = zone.get("online", True) and value is not None and value != -256
             temps[str(name)] = value if online else None
-        return temps
+        return soc_zones(temps)
+
+    def _read_memory(self, client: Any) -> MemorySample:
+        """RAM from ``/proc/meminfo`` as the sysfs source reads it (MemAvailable), so memory
+        thresholds fire at the same real pressure with or without jtop. jtop's RAM 'used' is
+        ``MemTotal - MemFree - Buffers - Cached`` (``jtop/core/memory.py``, get_status; its
+        MemAvailable line is commented out), which counts unreclaimable cache (Shmem, tmpfs)
+        as free. jtop's own fields are the fallback when meminfo cannot be read."""
+        sample = read_memory(self._meminfo, self._warn)
+        if sample.total_mib is not None:
+            return sample
+        return self._field("memory", client, self._memory, MemorySample())
 
     @staticmethod
     def _memory(client: Any) -> MemorySample:
@@ -231,8 +261,7 @@ class JtopSource:
         return MemorySample(
             total_mib=total,
             used_mib=used,
-            # jtop's RAM 'used' excludes buffers and cache, so total - used is what is available
-            available_mib=total - used if total is not None and used is not None else None,
+            available_mib=None,  # not MemAvailable: used_pct falls back to used / total
             swap_total_mib=mib(swap.get("tot")),
             swap_used_mib=mib(swap.get("used")),
         )
@@ -245,8 +274,14 @@ class JtopSource:
 
     @staticmethod
     def _cpu(client: Any) -> float | None:
-        idle = _num(client.cpu["total"]["idle"])
-        return None if idle is None else max(0.0, min(100.0, 100.0 - idle))
+        # jtop/core/cpu.py get_utilization(): shares of user, nice, system, idle over
+        # user..softirq; iowait is neither. The sysfs source counts busy = user + nice + system
+        # (agent.monitor.host.CpuLoad), so both give the same figure.
+        total = client.cpu["total"]
+        busy = [_num(total.get(k)) for k in ("user", "nice", "system")]
+        if any(v is None for v in busy):
+            return None
+        return max(0.0, min(100.0, sum(v for v in busy if v is not None)))
 
     @staticmethod
     def _mode(client: Any) -> str | None:

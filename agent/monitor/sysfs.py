@@ -13,9 +13,11 @@ Power (INA3221; kernel ``Documentation/hwmon/ina3221.rst``, jetson-stats ``jtop/
     ``rail_name_<N>`` and ``in_power<N>_input`` (mW), or ``in_voltage<N>_input`` (mV) ×
     ``in_current<N>_input`` (mA).
     Board input power is the ``VDD_IN`` or ``POM_5V_IN`` rail; boards without one (AGX Orin)
-    get the sum of all rails, as jetson-stats does (``total_power``).
+    get the sum of the module rails (jetson-stats' ``total_power`` sums all of them; the
+    carrier's ``VIN_SYS_5V0`` is left out, see :mod:`agent.monitor.jetson_rules`).
 Temperatures
     ``sys/devices/virtual/thermal/thermal_zone*/{type,temp}`` (m°C); ``-256000`` = offline.
+    ``PMIC-Die`` and ``thermal-fan-est`` are dropped (:mod:`agent.monitor.jetson_rules`).
 GPU load
     ``load`` (per mille, 0-1000) of the GPU device: found through ``sys/class/devfreq/*`` whose
     ``device/of_node/name`` is a Tegra GPU name (jetson-stats ``jtop/core/gpu.py``), else at the
@@ -57,6 +59,7 @@ from agent.monitor.host import (
     read_thermal_zones,
     zone_sort_key,
 )
+from agent.monitor.jetson_rules import module_power_sum, soc_zones
 from agent.monitor.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -123,7 +126,7 @@ class SysfsSource:
             source=self.name,
             power_w=rails,
             board_power_w=self._board_power(rails),
-            temps_c=read_thermal_zones(thermal, self._warn),
+            temps_c=soc_zones(read_thermal_zones(thermal, self._warn)),
             memory=read_memory(self.root / "proc/meminfo", self._warn),
             gpu_load_pct=self._read_gpu_load(),
             cpu_load_pct=self._cpu.update(self.root / "proc/stat", self._warn),
@@ -240,9 +243,7 @@ class SysfsSource:
         for name in BOARD_INPUT_RAILS:
             if name in rails:
                 return rails[name]
-        if not rails or any(v is None for v in rails.values()):
-            return None
-        return sum(v for v in rails.values() if v is not None)
+        return module_power_sum(rails)  # AGX Orin: no VDD_IN (see agent.monitor.jetson_rules)
 
     # ------------------------------------------------------------------ GPU
 

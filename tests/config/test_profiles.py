@@ -388,6 +388,13 @@ def test_detect_needs_a_cpu_profile_to_fall_back_to(tmp_path: Path) -> None:
         ("36.4.7", "6.2.1"),  # a later revision: the newest known at or below it
         ("35.4.1", "5.1.2"),  # the Xavier NX fixture
         ("32.7.1", "4.6.1"),
+        ("35.6.4", "5.1.6"),
+        ("36.5.0", "6.2.2"),
+        ("38.2.0", "7.0"),
+        ("38.2.1", "7.0"),
+        ("38.4.0", "7.1"),
+        ("39.2.0", "7.2"),
+        ("39.2.1", "7.2"),  # a later revision of R39.2
         ("37.0.0", None),  # a major we do not know
         ("bogus", None),
         (None, None),
@@ -397,3 +404,37 @@ def test_jetpack_for_l4t(l4t: str | None, jetpack: str | None) -> None:
     from agent.config.profiles.board import jetpack_for_l4t
 
     assert jetpack_for_l4t(l4t) == jetpack
+
+
+# --------------------------------------------------------------------------- Xavier NX 16GB
+
+
+def test_xavier_nx_16gb_without_its_profile_says_so(
+    store: ProfileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = detect(BOARDS / "xavier-nx-16gb", store)
+    assert result.profile == "xavier-nx"  # the only Xavier NX profile there is
+    assert "no profile lists module p3668-0003" in result.reason
+    assert any("p3668-0003" in r.getMessage() for r in caplog.records)
+
+
+def test_xavier_nx_16gb_gets_its_profile_when_one_exists(tmp_path: Path) -> None:
+    for name in ("cpu", "xavier-nx"):
+        shutil.copy(PROFILES_DIR / f"{name}.yaml", tmp_path / f"{name}.yaml")
+    text = (PROFILES_DIR / "xavier-nx.yaml").read_text()
+    text = text.replace("name: xavier-nx\n", "name: xavier-nx-16gb\n")
+    text = text.replace("[p3668-0000, p3668-0001]", "[p3668-0003]")
+    text = text.replace("memory_mib: 8192", "memory_mib: 16384")
+    (tmp_path / "xavier-nx-16gb.yaml").write_text(text)
+    result = detect(BOARDS / "xavier-nx-16gb", ProfileStore(tmp_path))
+    assert result.profile == "xavier-nx-16gb", result.reason
+    assert "p3668-0003" in result.reason
+
+
+def test_power_mode_names_must_be_unique_but_ids_may_repeat(tmp_path: Path) -> None:
+    text = (PROFILES_DIR / "agx-orin-32gb.yaml").read_text()
+    assert "{id: 3, name: MODE_50W" in text and "{id: 3, name: MODE_40W" in text
+    dup = text.replace("name: MODE_50W,", "name: mode_40w,")
+    (tmp_path / "agx-orin-32gb.yaml").write_text(dup)
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_model_file(tmp_path / "agx-orin-32gb.yaml", DeviceProfile)

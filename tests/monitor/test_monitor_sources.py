@@ -112,8 +112,8 @@ def test_agx_orin_two_monitors_nc_skipped_and_summed() -> None:
             "VDDQ_VDD2_1V8AO": 0.29856,
         }
     )
-    # No VDD_IN on AGX Orin: board power is the sum of the rails (jetson-stats' total_power).
-    assert s.board_power_w == pytest.approx(7.125312)
+    # No VDD_IN on AGX Orin: the module rails' sum (agent.monitor.jetson_rules).
+    assert s.board_power_w == pytest.approx(7.125312 - 4.03056)  # carrier VIN_SYS_5V0 out
     assert s.temps_c["gpu-thermal"] is None  # GPU rail-gated: zone offline
     assert s.temps_c["cpu-thermal"] == 42.593
     assert s.max_temp_c == 42.593
@@ -127,7 +127,9 @@ def test_xavier_nx_iio_layout() -> None:
     assert s.power_w == pytest.approx({"VDD_IN": 5.336, "VDD_CPU_GPU_CV": 2.617, "VDD_SOC": 1.478})
     assert s.board_power_w == pytest.approx(5.336)
     assert s.temps_c["CPU-therm"] == 40.0
-    assert s.temps_c["PMIC-Die"] == 100.0
+    assert "PMIC-Die" not in s.temps_c  # fixed dummy 100 °C: not a zone
+    assert "thermal-fan-est" not in s.temps_c
+    assert s.max_temp_c == 40.0
     assert s.gpu_load_pct == 0.0
     assert s.power_mode == "MODE_20W_6CORE"
     assert "oc_alarm" not in s.throttling  # no soctherm_oc on Xavier, no hwmon alarms in iio
@@ -489,16 +491,18 @@ def test_jtop_not_installed_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_jtop_reading_uses_real_attribute_names(fake_jtop: FakeService) -> None:
-    source = JtopSource()  # default factory: the (fake) jtop package's jtop(interval=1.0)
+    # default factory: the (fake) jtop package's jtop(interval=1.0); RAM from meminfo
+    source = JtopSource(meminfo=FIXTURES / "orin-nx/proc/meminfo")
     s = source.read()
     assert s.source == "jtop"
     assert s.power_w == pytest.approx({"VDD_CPU_GPU_CV": 3.711, "VDD_SOC": 2.608, "VDD_IN": 10.533})
     assert s.board_power_w == pytest.approx(10.533)
     assert s.temps_c == {"cpu": 45.5, "cv0": None, "tj": 46.25}
     assert s.memory.total_mib == pytest.approx(16031334 / 1024)
-    assert s.memory.used_mib == pytest.approx(2039808 / 1024)
-    assert s.memory.available_mib == pytest.approx((16031334 - 2039808) / 1024)
-    assert s.memory.swap_used_mib == 100.0
+    # MemAvailable, as the sysfs source reads it (not jtop's total - used).
+    assert s.memory.available_mib == pytest.approx(13991117 / 1024)
+    assert s.memory.used_pct == SysfsSource(FIXTURES / "orin-nx").read().memory.used_pct
+    assert s.memory.swap_used_mib == 0.0  # from meminfo too
     assert s.gpu_load_pct == 81.5
     assert s.cpu_load_pct == 25.0
     assert s.power_mode == "25W"

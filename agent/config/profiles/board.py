@@ -90,6 +90,10 @@ def parse_l4t_release(text: str) -> str | None:
 
 #: L4T release → JetPack, from NVIDIA's JetPack release archive
 #: (developer.nvidia.com/embedded/jetpack-archive): the BSP each JetPack ships.
+#: R38: "JetPack 7.0 with Jetson Linux 38.2/38.2.1"
+#: (developer.nvidia.com/embedded/jetpack/downloads/archive-7.0.md) and "JetPack 7.1 with
+#: Jetson Linux 38.4" (.../archive-7.1.md). 35.6.4 → 5.1.6, 36.5.0 → 6.2.2 and 39.2.0 → 7.2
+#: as issue 19 states them (not found in the stored NVIDIA pages; confirm against the archive).
 _JETPACK_FOR_L4T: dict[tuple[int, int, int], str] = {
     (32, 6, 1): "4.6",
     (32, 7, 1): "4.6.1",
@@ -105,11 +109,17 @@ _JETPACK_FOR_L4T: dict[tuple[int, int, int], str] = {
     (35, 5, 0): "5.1.3",
     (35, 6, 0): "5.1.4",
     (35, 6, 1): "5.1.5",
+    (35, 6, 4): "5.1.6",
     (36, 2, 0): "6.0",
     (36, 3, 0): "6.0",
     (36, 4, 0): "6.1",
     (36, 4, 3): "6.2",
     (36, 4, 4): "6.2.1",
+    (36, 5, 0): "6.2.2",
+    (38, 2, 0): "7.0",
+    (38, 2, 1): "7.0",
+    (38, 4, 0): "7.1",
+    (39, 2, 0): "7.2",
 }
 
 

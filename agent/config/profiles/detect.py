@@ -7,6 +7,7 @@ matches nothing falls back to the ``cpu`` profile.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from agent.config.device import DeviceProfile
 from agent.config.profiles.board import MODEL_FILE, BoardInfo, read_board
 from agent.config.profiles.store import CPU_PROFILE, ProfileStore
 from agent.core.errors import DetectionError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,35 @@ def _narrow(candidates: list[DeviceProfile], board: BoardInfo) -> tuple[DevicePr
     if board.memory_mib is not None:
         return _closest_memory(candidates, board.memory_mib)
     return None
+
+
+def _single_match(
+    profile: DeviceProfile, profiles: list[DeviceProfile], board: BoardInfo, how: str
+) -> Detection:
+    """One profile has the model string; the module part number may still name another.
+
+    A Xavier NX 16GB (module p3668-0003, jetson-stats ``jtop/core/jetson_variables.py``)
+    prints the same model as the 8GB kit, so the part number decides when a profile lists it.
+    """
+    part = board.module_part_number
+    if part is None or part in profile.identity.module_part_numbers:
+        return Detection(profile.name, f"{how} matches profile {profile.name}", board)
+    by_part = [p for p in profiles if part in p.identity.module_part_numbers]
+    if len(by_part) == 1:
+        chosen = by_part[0]
+        why = f"{how} matches {profile.name}, but module part number {part} is {chosen.name}'s"
+        return Detection(chosen.name, why, board)
+    log.warning(
+        "module %s is listed by no device profile; using %s (its limits are for %s)",
+        part,
+        profile.name,
+        ", ".join(profile.identity.module_part_numbers) or "its own modules",
+    )
+    why = (
+        f"{how} matches profile {profile.name}; no profile lists module {part}, so "
+        f"{profile.name}'s limits apply (add a profile for {part} to use all of the board)"
+    )
+    return Detection(profile.name, why, board)
 
 
 def detect(root: Path = Path("/"), store: ProfileStore | None = None) -> Detection:
@@ -100,7 +132,7 @@ def detect(root: Path = Path("/"), store: ProfileStore | None = None) -> Detecti
         kind = "a Jetson board" if board.is_tegra else "board"
         return fallback(f"{kind} model '{board.model}' matches no device profile")
     if len(matched) == 1:
-        return Detection(matched[0].name, f"{how} matches profile {matched[0].name}", board)
+        return _single_match(matched[0], profiles, board, how)
 
     names = ", ".join(p.name for p in matched)
     narrowed = _narrow(matched, board)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config.device import DeviceProfile
+from agent.config.device import DeviceProfile, PowerMode
 from agent.monitor.sample import Sample
 
 
@@ -46,19 +46,34 @@ def known(value: float | None) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def mode_id(profile: DeviceProfile, name: str | None) -> int | None:
-    """nvpmodel id of the sample's mode name (exact, then case-insensitive); None = default."""
+def find_mode(profile: DeviceProfile, name: str | None) -> PowerMode | None:
+    """The profile's power mode named ``name`` (exact, then case-insensitive); None if unknown."""
     if not name:
         return None
     modes = profile.identity.power_modes
     for mode in modes:
         if mode.name == name:
-            return mode.id
+            return mode
     folded = name.strip().casefold()
     for mode in modes:
         if mode.name.casefold() == folded:
-            return mode.id
+            return mode
     return None
+
+
+def mode_id(profile: DeviceProfile, name: str | None) -> int | None:
+    """nvpmodel id of the sample's mode name; None = unknown (the default mode's budget)."""
+    mode = find_mode(profile, name)
+    return None if mode is None else mode.id
+
+
+def budget_w(profile: DeviceProfile, name: str | None) -> float | None:
+    """Budget of the mode named ``name``, found by name because ids repeat across module SKUs
+    (see ``Identity._modes``); the override, or the default mode's budget, when unknown."""
+    mode = find_mode(profile, name)
+    if profile.monitor.power_budget_w is not None or mode is None:
+        return profile.power_budget_w(None)
+    return mode.budget_w
 
 
 def read_sample(sample: Sample, profile: DeviceProfile) -> Reading:
@@ -72,7 +87,7 @@ def read_sample(sample: Sample, profile: DeviceProfile) -> Reading:
         temp_c=found[hottest] if hottest is not None else None,
         hottest_zone=hottest,
         power_w=known(sample.board_power_w),
-        budget_w=profile.power_budget_w(mode),
+        budget_w=budget_w(profile, sample.power_mode),
         power_mode=sample.power_mode,
         mode_id=mode,
         sample_ts=sample.ts,
