@@ -12,9 +12,18 @@ validation gate, engine cache), then measures in one run:
   gate's matched-box agreement;
 * build and calibration times and the peak RSS of the build children.
 
-Prints a markdown table and writes everything as JSON to ``--out``.
+Any other bundle (``--bundle DIR[:CALIB]``, repeatable) is built the same way on ``--profile``;
+for every model a closing-note table gives the float and INT8 task metric against the bundle's
+labelled held-out set (from the gate report), the agreement, the INT8 speed-up (interleaved),
+the peak build RSS and the layers kept in float with their reason.
+
+Prints Markdown (also to ``--md``) and writes everything as JSON to ``--out``.
 
     python scripts/bench_engine.py --out bench.json [--seconds 10] [--threads 0]
+    python scripts/bench_engine.py --models '' --bundle path/to/bundle:path/to/calib --md bench.md
+    python scripts/bench_engine.py --models det,cls --fixture yolov8n-shapes \
+        --fixture yolo11n-shapes --fixture resnet-shapes --fixture mobilenetv3-shapes \
+        --fixture dbnet-shapes --threads 1 --md bench.md
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from agent.backends.registry import get_backend  # noqa: E402
+from agent.config.build import DEFAULT_HELDOUT_FRAMES  # noqa: E402
 from agent.config.device import DeviceProfile  # noqa: E402
 from agent.config.model import ModelBundleConfig  # noqa: E402
 from agent.config.profiles.store import ProfileStore  # noqa: E402
@@ -45,12 +55,15 @@ from agent.engine.build.orchestrator import build_engine  # noqa: E402
 from agent.engine.build.outcome import BuildOutcome  # noqa: E402
 from agent.engine.cache import Artifact  # noqa: E402
 from agent.engine.validate.gate import measure_latency  # noqa: E402
-from agent.vision.decode import box_iou, decode_yolov8  # noqa: E402
+from agent.engine.validate.meanap import DetectionRecords, map50, match_frame  # noqa: E402
+from agent.vision.decode import decode_yolov8  # noqa: E402
 from agent.vision.letterbox import load_image_or_npy, preprocess  # noqa: E402
+from tests.helpers.scenes import heldout_recipe, stage_bundle  # noqa: E402
 
 MODELS = ROOT / "agent" / "data" / "models"
 HELDOUT = ROOT / "agent" / "data" / "heldout"
 CALIB = ROOT / "calib"
+FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
 
 
 # ---------------------------------------------------------------------------- ResNet-18-like
@@ -193,25 +206,9 @@ def classifier_accuracy(artifacts: dict[str, Artifact], threads: int) -> dict[st
     }
 
 
-def _average_precision(scores: np.ndarray, hits: np.ndarray, positives: int) -> float:
-    if positives == 0:
-        return float("nan")
-    if scores.size == 0:
-        return 0.0
-    order = np.argsort(-scores, kind="stable")
-    tp = np.cumsum(hits[order])
-    fp = np.cumsum(1 - hits[order])
-    recall = tp / positives
-    precision = tp / np.maximum(tp + fp, 1e-9)
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[1.0], precision, [0.0]])
-    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
-    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
-
-
 def detector_map(artifacts: dict[str, Artifact], threads: int) -> dict[str, Any]:
-    """mAP@0.5 (VOC all-point, conf 0.001) in source-image coordinates, per precision."""
+    """mAP@0.5 (all-point, conf 0.001) in source-image coordinates, per precision, scored by the
+    gate's own :mod:`agent.engine.validate.meanap`."""
     labels = json.loads((HELDOUT / "shapes-det" / "labels.json").read_text())
     names = sorted(labels)
     backend = get_backend(artifacts["fp32"].backend)
@@ -219,44 +216,30 @@ def detector_map(artifacts: dict[str, Artifact], threads: int) -> dict[str, Any]
     frames = [
         preprocess(load_image_or_npy(HELDOUT / "shapes-det" / n), cfg.input, size) for n in names
     ]
-    classes = len(artifacts["fp32"].manifest["bundle"]["labels"])
+    gts = [
+        (
+            np.array([g["box"] for g in labels[n]], np.float32).reshape(-1, 4),
+            np.array([g["label"] for g in labels[n]], np.int64),
+        )
+        for n in names
+    ]
     out: dict[str, Any] = {"images": len(names)}
     for prec, art in artifacts.items():
-        per_class: dict[int, list[tuple[float, int]]] = {c: [] for c in range(classes)}
-        positives = dict.fromkeys(range(classes), 0)
+        scores: list[np.ndarray] = []
+        classes: list[np.ndarray] = []
+        tps: list[np.ndarray] = []
         with backend.runner(art.dir, art.main_file, threads=threads) as runner:
-            for name, (tensor, info) in zip(names, frames, strict=True):
+            for (tensor, info), (gt_boxes, gt_cls) in zip(frames, gts, strict=True):
                 raw = runner.infer({cfg.input.name: tensor})[cfg.output.name or "output0"]
                 (dets,) = decode_yolov8(
                     raw, conf=0.001, iou=cfg.output.iou_threshold, max_det=cfg.output.max_detections
                 )
                 boxes = info.to_source(dets.boxes)
-                gt = labels[name]
-                gt_boxes = np.array([g["box"] for g in gt], np.float32).reshape(-1, 4)
-                gt_cls = np.array([g["label"] for g in gt], np.int64)
-                for c in gt_cls:
-                    positives[int(c)] += 1
-                taken = np.zeros(len(gt), bool)
-                iou = box_iou(boxes, gt_boxes) if len(gt) else np.zeros((len(dets), 0))
-                for i in np.argsort(-dets.scores, kind="stable"):
-                    c = int(dets.class_ids[i])
-                    hit = 0
-                    if len(gt):
-                        cand = np.where((gt_cls == c) & ~taken, iou[i], 0.0)
-                        j = int(np.argmax(cand))
-                        if cand[j] >= 0.5:
-                            taken[j] = True
-                            hit = 1
-                    per_class[c].append((float(dets.scores[i]), hit))
-        aps = []
-        for c in range(classes):
-            items = per_class[c]
-            s = np.array([x[0] for x in items], np.float64)
-            h = np.array([x[1] for x in items], np.float64)
-            ap = _average_precision(s, h, positives[c])
-            if not np.isnan(ap):
-                aps.append(ap)
-        out[f"map50_{prec}"] = float(np.mean(aps)) if aps else 0.0
+                tps.append(match_frame(boxes, dets.scores, dets.class_ids, gt_boxes, gt_cls))
+                scores.append(dets.scores)
+                classes.append(dets.class_ids)
+        rec = DetectionRecords.build(scores, classes, tps, [g[1] for g in gts])
+        out[f"map50_{prec}"] = float(np.nan_to_num(map50(rec)[0]))
     out["drop_points"] = round(100.0 * (out["map50_fp32"] - out["map50_int8"]), 3)
     return out
 
@@ -316,12 +299,21 @@ def _with_calib_frames(profile: DeviceProfile, frames: int) -> DeviceProfile:
     return profile.model_copy(update={"build": build})
 
 
+def _task_metric(report: dict[str, Any], precision: str) -> dict[str, Any] | None:
+    result = report.get("results", {}).get(precision)
+    metric = result.get("task_metric") if isinstance(result, dict) else None
+    return metric if isinstance(metric, dict) else None
+
+
 def _build_facts(outcome: BuildOutcome) -> dict[str, Any]:
-    int8 = outcome.artifacts["int8"].manifest
-    q = int8.get("quantization", {})
+    int8_art = outcome.artifacts.get("int8")
+    q = int8_art.manifest.get("quantization", {}) if int8_art is not None else {}
+    report = outcome.report.to_json()
+    search = q.get("search") or {}
     return {
         "chosen": outcome.report.chosen,
         "why": outcome.report.why,
+        "notes": list(outcome.notes),
         "timings_s": {k: round(v, 3) for k, v in outcome.timings.items()},
         "peak_rss_mib": None if outcome.peak_rss_mib is None else round(outcome.peak_rss_mib, 1),
         "gate": {
@@ -330,19 +322,84 @@ def _build_facts(outcome: BuildOutcome) -> dict[str, Any]:
                 "value": round(r.value, 4),
                 "passed": r.passed,
                 "p50_ms": None if r.p50_ms is None else round(r.p50_ms, 4),
+                "task_metric": _task_metric(report, p),
             }
             for p, r in outcome.report.results.items()
         },
+        "int8_built": int8_art is not None,
         "auto_excluded": q.get("auto_excluded", []),
+        "float_layers": q.get("float_layers", []),
+        "calibration_method": q.get("method"),
+        "search_attempts": len(search.get("attempts") or []),
         "qdq_nodes": q.get("report", {}).get("qdq_nodes", {}),
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _jobs(args: argparse.Namespace, profile: DeviceProfile, tmp: Path) -> list[_Job]:
+    """The bundles to measure: ``--models`` (bundled ones) and each ``--bundle DIR[:CALIB]``."""
+    wanted = {m for m in args.models.split(",") if m}
+    jobs: list[_Job] = []
+    if "det" in wanted:
+        jobs.append(("shapes-det", MODELS / "shapes-det", CALIB / "shapes-det", profile))
+    if "cls" in wanted:
+        jobs.append(("shapes-cls", MODELS / "shapes-cls", CALIB / "shapes-cls", profile))
+    if "resnet" in wanted:
+        resnet = (
+            profile
+            if args.resnet_calib_frames is None
+            else _with_calib_frames(profile, args.resnet_calib_frames)
+        )
+        bundle = make_resnet_bundle(tmp / "resnet18-like")
+        jobs.append(("resnet18-like", bundle, CALIB / "shapes-det", resnet))
+    for name in args.fixture:
+        # a real export from tests/fixtures/models, staged with its labelled held-out set and a
+        # calibration folder rendered from the same synthetic scenes (tests/helpers/scenes.py)
+        # classifiers get the gate's default count (its power is stated for it); detectors
+        # the recipe's scenes, whose boxes already give the gate its power
+        src = FIXTURE_MODELS / name
+        held = DEFAULT_HELDOUT_FRAMES if heldout_recipe(src).task == "classify" else None
+        staged = stage_bundle(src, tmp, heldout_n=held, calib_n=args.fixture_calib)
+        jobs.append((name, staged.bundle, staged.calib_dir or CALIB / name, profile))
+    for spec in args.bundle:
+        directory, _, calib = spec.partition(":")
+        bundle = Path(directory)
+        if not calib:
+            own = bundle / "calib"
+            calib = str(own if own.is_dir() else CALIB / bundle.name)
+        jobs.append((bundle.name, bundle, Path(calib), profile))
+    return jobs
+
+
+_Job = tuple[str, Path, Path, DeviceProfile]
+
+
+def _measure(job: _Job, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
+    name, bundle, calib, prof = job
+    print(f"building {name} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    outcome = _build(bundle, prof, calib, cache)
+    entry: dict[str, Any] = {"bundle": str(bundle), "build": _build_facts(outcome)}
+    calibration = outcome.artifact.manifest.get("calibration", {})
+    entry["build"]["calibration_frames"] = calibration.get("calib_frames")
+    entry["build"]["wall_s"] = round(time.perf_counter() - started, 2)
+    if "int8" not in outcome.artifacts or "fp32" not in outcome.artifacts:
+        entry["latency"] = None
+        return entry
+    print(f"measuring {name} ...", file=sys.stderr, flush=True)
+    entry["latency"] = interleaved_latency(outcome.artifacts, args.seconds, args.threads)
+    if name == "shapes-cls":
+        entry["accuracy"] = classifier_accuracy(outcome.artifacts, args.threads)
+    elif name == "shapes-det":
+        entry["accuracy"] = detector_map(outcome.artifacts, args.threads)
+    return entry
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="INT8 vs FP32 on the CPU backend: speed, accuracy, build cost."
+        description="INT8 vs FP32: speed, accuracy against labels, build cost, per bundle."
     )
     parser.add_argument("--out", default="bench_engine.json", help="JSON results file")
+    parser.add_argument("--md", default=None, help="also write the Markdown tables here")
     parser.add_argument(
         "--seconds",
         type=float,
@@ -350,7 +407,32 @@ def main(argv: list[str] | None = None) -> int:
         help="interleaved latency budget per model (default 10)",
     )
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
-    parser.add_argument("--models", default="det,cls,resnet", help="subset of det,cls,resnet")
+    parser.add_argument(
+        "--models", default="det,cls,resnet", help="subset of det,cls,resnet ('' for none)"
+    )
+    parser.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        metavar="DIR[:CALIB]",
+        help="another model bundle (repeatable); calibration frames default to DIR/calib, "
+        "else calib/<dir name>",
+    )
+    parser.add_argument(
+        "--fixture",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a real export from tests/fixtures/models (repeatable), e.g. yolov8n-shapes; "
+        "staged with its labelled held-out set and rendered calibration frames",
+    )
+    parser.add_argument(
+        "--fixture-calib",
+        type=int,
+        default=64,
+        help="calibration frames rendered for each --fixture (default 64)",
+    )
+    parser.add_argument("--profile", default="cpu", help="device profile (default cpu)")
     parser.add_argument("--cache-dir", default=None, help="engine cache (default: a temp dir)")
     parser.add_argument(
         "--resnet-calib-frames",
@@ -358,14 +440,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="calibration frames for the 224x224 ResNet (default: the profile's)",
     )
-    args = parser.parse_args(argv)
+    return parser
 
-    profile = ProfileStore().load("cpu")
-    wanted = set(args.models.split(","))
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    profile = ProfileStore().load(args.profile)
     flags = ""
     with contextlib.suppress(OSError):
         flags = Path("/proc/cpuinfo").read_text()
     results: dict[str, Any] = {
+        "command": "python scripts/bench_engine.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "profile": profile.name,
         "host": {
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
@@ -377,41 +464,62 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench-engine.") as tmp:
         cache = Path(args.cache_dir) if args.cache_dir else Path(tmp) / "cache"
-        jobs: list[tuple[str, Path, Path, DeviceProfile]] = []
-        if "det" in wanted:
-            jobs.append(("shapes-det", MODELS / "shapes-det", CALIB / "shapes-det", profile))
-        if "cls" in wanted:
-            jobs.append(("shapes-cls", MODELS / "shapes-cls", CALIB / "shapes-cls", profile))
-        if "resnet" in wanted:
-            jobs.append(
-                (
-                    "resnet18-like",
-                    make_resnet_bundle(Path(tmp) / "resnet18-like"),
-                    CALIB / "shapes-det",
-                    profile
-                    if args.resnet_calib_frames is None
-                    else _with_calib_frames(profile, args.resnet_calib_frames),
-                )
-            )
-        for name, bundle, calib, prof in jobs:
-            print(f"building {name} ...", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            outcome = _build(bundle, prof, calib, cache)
-            entry: dict[str, Any] = {"build": _build_facts(outcome)}
-            calibration = outcome.artifacts["int8"].manifest.get("calibration", {})
-            entry["build"]["calibration_frames"] = calibration.get("calib_frames")
-            entry["build"]["wall_s"] = round(time.perf_counter() - started, 2)
-            print(f"measuring {name} ...", file=sys.stderr, flush=True)
-            entry["latency"] = interleaved_latency(outcome.artifacts, args.seconds, args.threads)
-            if name == "shapes-cls":
-                entry["accuracy"] = classifier_accuracy(outcome.artifacts, args.threads)
-            elif name == "shapes-det":
-                entry["accuracy"] = detector_map(outcome.artifacts, args.threads)
-            results["models"][name] = entry
-
+        for job in _jobs(args, profile, Path(tmp)):
+            results["models"][job[0]] = _measure(job, cache, args)
     atomic_write_json(Path(args.out), results)
-    print(markdown(results))
+    text = markdown(results) + "\n\n" + closing_table(results)
+    if args.md:
+        Path(args.md).write_text(text + "\n")
+    print(text)
     return 0
+
+
+def _metric_text(metric: dict[str, Any] | None) -> str:
+    if not metric:
+        return "-"
+    return (
+        f"{metric['metric']} {100 * metric['value']:.2f} "
+        f"[{100 * metric['ci_low']:.1f}, {100 * metric['ci_high']:.1f}]"
+    )
+
+
+def _closing_row(name: str, m: dict[str, Any]) -> str:
+    b, lat = m["build"], m.get("latency")
+    fp32, int8 = b["gate"].get("fp32", {}), b["gate"].get("int8", {})
+    ft, it = fp32.get("task_metric"), int8.get("task_metric")
+    delta = "-"
+    if it and it.get("delta") is not None:
+        delta = f"{100 * it['delta']:+.2f}"
+    agreement = "-" if not int8 else f"{int8['metric']} {int8['value']:.4f}"
+    speed = "-" if not lat else f"{lat['speedup_p50']:.2f}×"
+    every = b["float_layers"]
+    floats = [f for f in every if not str(f["reason"]).startswith("float tail")]
+    kept = ", ".join(f"{f['node']} ({f['reason']})" for f in floats[:4]) or "none"
+    if len(floats) > 4:
+        kept += f", … ({len(floats)} in all)"
+    if len(every) > len(floats):
+        kept += f"; + {len(every) - len(floats)} float-tail nodes"
+    if not b["int8_built"]:
+        kept = "int8 not built (see notes)"
+    return (
+        f"| {name} | {_metric_text(ft)} | {_metric_text(it)} | {delta} | {agreement} "
+        f"| {speed} | {b['peak_rss_mib']} | {len(floats)}: {kept} | {b['chosen']} |"
+    )
+
+
+def closing_table(results: dict[str, Any]) -> str:
+    """The per-model table of the closing note: task metric against labels (float and INT8,
+    95 % interval), agreement, INT8 speed-up (interleaved, batch 1), peak build RSS, layers
+    kept in float."""
+    lines = [
+        f"Profile {results.get('profile', 'cpu')}; reproduce: `{results.get('command', '')}`",
+        "",
+        "| model | float metric vs labels | INT8 metric vs labels | Δ pt | agreement "
+        "| INT8 speed-up (p50) | peak build RSS MiB | layers kept in float | served |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines.extend(_closing_row(name, m) for name, m in results["models"].items())
+    return "\n".join(lines)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -426,6 +534,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, m in results["models"].items():
         lat, b = m["latency"], m["build"]
+        if lat is None:
+            lines.append(f"| {name} | - | - | - | int8 not built | - | - | - | {b['chosen']} |")
+            continue
         acc = m.get("accuracy", {})
         if "top1_fp32" in acc:
             accuracy = (
@@ -440,7 +551,8 @@ def markdown(results: dict[str, Any]) -> str:
             )
             agreement = f"boxes {100 * b['gate']['int8']['value']:.1f} %"
         else:
-            accuracy, agreement = "n/a (random weights)", "-"
+            accuracy = "see the closing table"
+            agreement = "-" if "int8" not in b["gate"] else f"{b['gate']['int8']['value']:.4f}"
         t = b["timings_s"]
         total = sum(t.values())
         lines.append(

@@ -12,12 +12,16 @@
 # What it does (idempotent: running it twice leaves the same tree):
 #   1. a venv at PREFIX/venv with --system-site-packages, so JetPack's TensorRT and its
 #      GStreamer-enabled OpenCV are the ones used, and this package installed into it
-#      (with the [jetson] extra on a Jetson);
+#      (with the [jetson] extra on a Jetson), constrained by PREFIX/venv/edge-agent-constraints.txt
+#      (numpy below the next major of the system's numpy, which JetPack's cv2 is built against;
+#      scripts/device_python.py), then a check that cv2 and numpy import in the venv;
 #   2. the system user edge-agent (sysusers.d file, applied now on a live system) — the unit
 #      adds the groups video, and render/jtop where they exist (a drop-in);
 #   3. /etc/edge-agent/agent.yaml from systemd/agent.example.yaml unless it exists, and the
 #      bundled demo model and calibration frames under /var/lib/edge-agent unless present;
-#   4. /etc/systemd/system/edge-agent.service (+ edge-agent.service.d/10-groups.conf), then
+#   4. /etc/systemd/system/edge-agent.service (+ edge-agent.service.d/10-groups.conf) and
+#      edge-agent-gpu-power.service (powers an L4T R36+ GPU on once so that its device nodes
+#      exist before the agent's device filter is set up; docs/jetson-devices.md), then
 #      systemctl daemon-reload and enable — only on a live system where systemd runs.
 set -euo pipefail
 
@@ -32,7 +36,7 @@ DRY=0
 VENV=1
 [ "${EDGE_AGENT_NO_VENV:-0}" = 1 ] && VENV=0
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "install.sh: error: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -116,9 +120,15 @@ install_venv() {
   if [ ! -x "$VENV_DIR/bin/python" ]; then
     run "$PYTHON" -m venv --system-site-packages "$VENV_DIR"
   fi
-  local spec="$REPO"
+  local spec="$REPO" constraints="$VENV_DIR/edge-agent-constraints.txt"
   is_jetson && spec="$REPO[jetson]"
-  run "$VENV_DIR/bin/python" -m pip --disable-pip-version-check -q install --upgrade "$spec"
+  # The system's numpy (read by the system interpreter, without the user site) bounds the venv's:
+  # a pip numpy 2 would shadow it and JetPack's cv2, built against numpy 1.x, would not import.
+  "$PYTHON" -s "$REPO/scripts/device_python.py" constraints | write_file "$constraints" 0644
+  run "$VENV_DIR/bin/python" -m pip --disable-pip-version-check -q install --upgrade \
+    --constraint "$constraints" "$spec"
+  run "$VENV_DIR/bin/python" "$REPO/scripts/device_python.py" check \
+    || die "the venv cannot import cv2/numpy (above): the agent would not start"
   say "installed edge-agent into $VENV_DIR"
 }
 
@@ -175,6 +185,8 @@ install_config() {
 install_unit() {
   sed "s#/opt/edge-agent#$PREFIX#g" "$REPO/systemd/edge-agent.service" \
     | write_file "$UNIT_DIR/edge-agent.service" 0644
+  sed "s#/opt/edge-agent#$PREFIX#g" "$REPO/systemd/edge-agent-gpu-power.service" \
+    | write_file "$UNIT_DIR/edge-agent-gpu-power.service" 0644
   local groups="" g
   for g in render jtop; do
     group_exists "$g" && groups="$groups $g"
@@ -187,9 +199,10 @@ install_unit() {
     true
   } | write_file "$DROPIN_DIR/10-groups.conf" 0644
   write_file "$DOC_DIR/systemd-README.md" 0644 <"$REPO/systemd/README.md"
+  write_file "$DOC_DIR/jetson-devices.md" 0644 <"$REPO/docs/jetson-devices.md"
   if live_systemd; then
     run systemctl daemon-reload
-    run systemctl enable edge-agent.service
+    run systemctl enable edge-agent-gpu-power.service edge-agent.service
     if [ "$NOW" = 1 ]; then
       run systemctl restart edge-agent.service
     else
@@ -202,9 +215,10 @@ install_unit() {
 
 uninstall() {
   if live_systemd && systemctl list-unit-files edge-agent.service >/dev/null 2>&1; then
-    run systemctl disable --now edge-agent.service || true
+    run systemctl disable --now edge-agent.service edge-agent-gpu-power.service || true
   fi
-  run rm -f "$UNIT_DIR/edge-agent.service" "$DROPIN_DIR/10-groups.conf" "$SYSUSERS"
+  run rm -f "$UNIT_DIR/edge-agent.service" "$UNIT_DIR/edge-agent-gpu-power.service" \
+    "$DROPIN_DIR/10-groups.conf" "$SYSUSERS"
   [ -d "$DROPIN_DIR" ] && run rmdir --ignore-fail-on-non-empty "$DROPIN_DIR"
   run rm -rf "$VENV_DIR" "$DOC_DIR"
   [ -d "$ROOT$PREFIX" ] && run find "$ROOT$PREFIX" -depth -type d -empty -delete

@@ -36,3 +36,12 @@ SCRIPTS = REPO / "scripts"
 FIXTURES = REPO / "tests" / "fixtures"
 BOARDS = FIXTURES / "boards"
 SYSFS = FIXTURES / "sysfs"
+
+# ---- real exports from other frameworks (tests/fixtures/models; scripts/make_real_assets.py)
+REAL_MODELS = FIXTURES / "models"
+YOLOV8N_BUNDLE = REAL_MODELS / "yolov8n-shapes"  # Ultralytics, dynamic batch/H/W (AGPL-3.0 asset)
+YOLO11N_BUNDLE = REAL_MODELS / "yolo11n-shapes"  # Ultralytics, static 1x3x320x320 (AGPL-3.0 asset)
+MOBILENETV3_BUNDLE = REAL_MODELS / "mobilenetv3-shapes"  # H/W share dim "?", BN unfused
+RESNET_BUNDLE = REAL_MODELS / "resnet-shapes"  # H/W share dim "?", BN unfused
+DBNET_BUNDLE = REAL_MODELS / "dbnet-shapes"  # [N,1,640,640] dense output, task raw
+ANON_DIMS_BUNDLE = REAL_MODELS / "anon-dims"  # batch dim_value -1, anonymous H/W

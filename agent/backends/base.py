@@ -71,6 +71,9 @@ class BuildRequest:
     threads: int = 0
     static_shapes: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict[str, Any])
+    #: the build child's memory cap (the profile's ``build.build_memory_cap_mib``): TensorRT bounds
+    #: its builder pools by it (on unified memory they are invisible to the child's RSS watch)
+    memory_cap_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -216,8 +219,11 @@ class Backend(Protocol):
     """A backend module's facade: capability check, builder, runner factory and profiler."""
 
     name: str
-    #: precisions ``build`` accepts
-    precisions: tuple[str, ...]
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Precisions ``build`` accepts (may depend on the installed version)."""
+        ...
 
     def available(self) -> tuple[bool, str]:
         """(usable here?, why not / version string)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent.cli.common import format_table, positive_float, print_json
 from agent.cli.progress import ProgressPrinter
+from agent.cli.quant_summary import quantization_json, quantization_text
 from agent.config.device import DeviceProfile
 from agent.config.load import resolve_profile
 from agent.engine.build.orchestrator import build_engine, default_cache_dir
@@ -46,7 +47,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     if args.json:
-        summary = {**outcome.to_json(), "profile": profile.name, "l4t_release": l4t}
+        int8 = outcome.artifacts.get("int8")
+        summary = {
+            **outcome.to_json(),
+            "profile": profile.name,
+            "l4t_release": l4t,
+            "quantization": None if int8 is None else quantization_json(int8.manifest),
+        }
         if printer.tty:
             print_json(summary)
         else:
@@ -80,6 +87,11 @@ def _print_outcome(outcome: BuildOutcome, profile: DeviceProfile, how: str) -> N
         print(f"\ntimings: {timings}{rss}")
     for note in outcome.notes:
         print(f"note: {note}")
+    int8 = outcome.artifacts.get("int8")
+    text = "" if int8 is None else quantization_text(int8.manifest, gate=False)
+    if text:
+        print()
+        print(text)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,7 +1,10 @@
 """``edge-agent infer ARTIFACT INPUT...``: run images or ``.npy`` tensors, print decoded results.
 
-Images (and uint8 ``.npy`` frames) are preprocessed with the bundle's input spec; float ``.npy``
-tensors go in as they are. ``--out DIR`` keeps each raw output as ``.npy`` plus ``results.json``.
+Images (and uint8 ``.npy`` frames) are preprocessed with the bundle's input spec; an image
+smaller than :data:`~agent.vision.letterbox.MIN_FRAME_SIDE` pixels per side is refused (exit 2)
+with its name. Float ``.npy`` tensors go in as they are. A classifier's probabilities get a
+softmax unless the bundle's ``output.softmax`` says the model ends in one. ``--out DIR``
+keeps each raw output as ``.npy`` plus ``results.json``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from agent.config.model import ModelBundleConfig
 from agent.core.errors import ArtifactError, ModelError
 from agent.core.fsutil import atomic_write_bytes, atomic_write_json
 from agent.engine.cache import Artifact
+from agent.engine.output_softmax import settle_output_softmax
 from agent.engine.validate.metrics import select_output
 from agent.vision.decode import decode_yolov8, softmax_topk
-from agent.vision.letterbox import LetterboxInfo, load_image_or_npy, preprocess
+from agent.vision.letterbox import LetterboxInfo, load_image_or_npy, preprocess, validate_frame
 
 __all__ = ["register"]
 
@@ -53,6 +57,8 @@ def _model_of(artifact: Artifact) -> _Model:
             path=artifact.dir,
         )
     config = ModelBundleConfig.model_validate(bundle["config"])
+    if "directory" in bundle:  # an artifact built before output.softmax was settled at load
+        config = settle_output_softmax(config, Path(str(bundle["directory"])) / config.onnx)
     labels = [str(x) for x in bundle.get("labels", [])]
     size_hw = tuple(int(v) for v in artifact.manifest.get("input_size_hw", ()))
     if len(size_hw) != 2:
@@ -67,7 +73,11 @@ def _decode(
 ) -> dict[str, Any]:
     task, spec, labels = model.config.task, model.config.output, model.labels
     if task == "classify" or spec.decode == "softmax_topk":
-        ids, probs = softmax_topk(select_output(outputs, spec).reshape(1, -1), spec.top_k)
+        ids, probs = softmax_topk(
+            select_output(outputs, spec).reshape(1, -1),
+            spec.top_k,
+            apply_softmax=spec.applies_softmax,
+        )
         return {
             "top_k": [
                 {
@@ -98,7 +108,8 @@ def _tensor(path: Path, model: _Model) -> tuple[np.ndarray, LetterboxInfo | None
     """The input tensor for one file, and the letterbox when it was preprocessed."""
     data = load_image_or_npy(path)
     if path.suffix.lower() != ".npy" or data.dtype == np.uint8:
-        return preprocess(data, model.config.input, model.size_hw)
+        frame = validate_frame(data, what=str(path))  # too small, wrong shape: names the file
+        return preprocess(frame, model.config.input, model.size_hw)
     tensor = np.ascontiguousarray(data, dtype=np.float32)
     if tensor.shape == model.expected[1:]:
         tensor = tensor[None]

@@ -1,4 +1,6 @@
-"""``edge-agent inspect ARTIFACT``: the layers of an engine after fusion and their precision."""
+"""``edge-agent inspect ARTIFACT``: the layers of an engine after fusion and their precision;
+for an INT8 artifact also the layers kept in float (reason, added error), the calibration
+method chosen, the accuracy-search attempts and the gate numbers."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 from agent.cli.artifacts import load_with_backend
 from agent.cli.common import format_table, print_json
+from agent.cli.quant_summary import quantization_json, quantization_text
 from agent.engine.cache import Artifact
 
 __all__ = ["register"]
@@ -31,10 +34,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 "precision": artifact.precision,
                 "layers": layers,
                 "summary": summary,
+                "quantization": quantization_json(artifact.manifest),
             }
         )
         return 0
     _print_layers(artifact, layers, by_prec, by_op)
+    text = quantization_text(artifact.manifest)
+    if text:
+        print()
+        print(text)
     return 0
 
 

@@ -14,7 +14,18 @@ import sys
 from collections.abc import Callable, Sequence
 
 from agent import __version__
-from agent.cli import bench, build, config, infer, inspect, monitor, ota, profile, run
+from agent.cli import (
+    bench,
+    build,
+    config,
+    infer,
+    inspect,
+    monitor,
+    ota,
+    profile,
+    quantize,
+    run,
+)
 from agent.core.errors import EdgeAgentError
 from agent.core.logs import configure_logging
 
@@ -26,6 +37,7 @@ COMMAND_GROUPS: tuple[tuple[str, Register], ...] = (
     ("validate-config", config.register),
     ("profile", profile.register),
     ("build", build.register),
+    ("quantize", quantize.register),
     ("inspect", inspect.register),
     ("bench", bench.register),
     ("infer", infer.register),

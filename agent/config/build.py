@@ -8,6 +8,10 @@ from pydantic import Field, model_validator
 
 from agent.config.base import Backend, CalibrationMethod, Precision, Strict, at
 
+#: Default held-out count: from 523 frames on, a classifier whose true top-1 agreement is 0.98
+#: fails the 0.99 tolerance with >= 95 % probability (exact binomial; docs/validation.md).
+DEFAULT_HELDOUT_FRAMES = 600
+
 
 class DlaConfig(Strict):
     enabled: bool = Field(
@@ -35,11 +39,15 @@ class CalibrationConfig(Strict):
         description="Calibration frames used; on a small board keep this low (memory).",
     )
     heldout_frames: int = Field(
-        default=32,
+        default=DEFAULT_HELDOUT_FRAMES,
         ge=4,
-        le=4096,
+        le=20000,
         title="Held-out frames",
-        description="Frames kept out of calibration and used by the validation gate.",
+        description="Frames the validation gate compares on: the bundle's labelled heldout/ "
+        "images when it has them, else the last files of the calibration folder (never used "
+        "for calibration). The default (600) is enough that a classifier whose true top-1 "
+        "agreement is 0.98 fails the 0.99 tolerance with >= 95 % probability "
+        "(docs/validation.md); the gate warns when fewer frames were available.",
     )
     percentile: float = Field(
         default=99.999,
@@ -47,6 +55,37 @@ class CalibrationConfig(Strict):
         le=100,
         title="Percentile",
         description="Percentile for method=percentile.",
+    )
+
+
+class GateConfig(Strict):
+    """Limits of the validation gate beyond model.yaml's agreement tolerance."""
+
+    top1_drop_max: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        title="Top-1 accuracy drop",
+        description="classify, with labelled held-out frames: a candidate's top-1 accuracy may "
+        "be at most this much (a fraction: 0.01 = 1 point) below the float reference's.",
+    )
+    map50_drop_max: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        title="mAP50 drop",
+        description="detect, with labelled held-out frames: a candidate's mAP50 may be at most "
+        "this much (a fraction: 0.005 = 0.5 point) below the float reference's.",
+    )
+    bootstrap_samples: int = Field(
+        default=1000,
+        ge=100,
+        le=20000,
+        title="Bootstrap samples",
+        description="Resamples of the held-out frames for the mAP50 confidence intervals.",
+    )
+    seed: int = Field(
+        default=0, ge=0, title="Seed", description="Seed of the bootstrap (reproducible reports)."
     )
 
 
@@ -93,6 +132,11 @@ class BuildLimits(Strict):
     )
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, title="Calibration", description="INT8 calibration."
+    )
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        title="Validation gate",
+        description="Task-metric limits of the validation gate (used with labelled frames).",
     )
 
     @model_validator(mode="after")

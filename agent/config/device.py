@@ -138,11 +138,11 @@ class RuntimeLimits(Strict):
         description="Workers in the pool, each with its own execution context and CUDA stream.",
     )
     max_batch: int = Field(ge=1, le=64, title="Max batch", description="Largest batch served.")
-    cuda_graphs: bool = Field(
-        default=False,
-        title="CUDA graphs",
-        description="Capture enqueue in CUDA graphs (static shapes only).",
-    )
+    # ``cuda_graphs`` was removed (issue 19): it was validated but never used. Capturing
+    # ``execute_async_v3`` needs one graph per input shape and address set (the pool batches
+    # 1..max_batch), cannot capture engines with data-dependent output shapes (served through an
+    # IOutputAllocator) or DLA engines, and could not be measured here; a knob that does nothing
+    # is worse than none. Re-add it with an implementation measured on a board.
     pinned_memory_mib: int = Field(
         ge=0,
         title="Pinned memory budget (MiB)",

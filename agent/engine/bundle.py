@@ -16,8 +16,10 @@ from agent.config.yaml import load_model_file
 from agent.core.errors import ModelError
 from agent.core.fsutil import sha256_file
 from agent.engine.onnxgraph import external_locations, load_model
+from agent.engine.output_softmax import settle_output_softmax
 
 MODEL_YAML = "model.yaml"
+HELDOUT_DIR = "heldout"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class ModelBundle:
     onnx_path: Path
     labels: tuple[str, ...]
     onnx_sha256: str
+    #: the bundle's labelled held-out folder (``heldout/`` with ``labels.json``), if it has one
+    heldout_dir: Path | None = None
 
 
 def is_inside(path: Path, directory: Path) -> bool:
@@ -99,6 +103,21 @@ def _read_labels(directory: Path, yaml_path: Path, labels: list[str] | str) -> t
     return names
 
 
+def _heldout_dir(directory: Path) -> Path | None:
+    """``heldout/`` when the bundle has that folder; it must not leave the bundle."""
+    heldout = directory / HELDOUT_DIR
+    if not heldout.exists() and not heldout.is_symlink():
+        return None
+    if heldout.is_symlink() or not is_inside(heldout, directory) or not heldout.is_dir():
+        raise ModelError(
+            f"'{HELDOUT_DIR}' in the bundle is not a folder inside it (a symlink or a file?)",
+            fix="make heldout/ a real folder holding labels.json and the labelled images "
+            "(docs/validation.md), or remove it",
+            path=heldout,
+        )
+    return heldout
+
+
 def load_bundle(path: Path) -> ModelBundle:
     """Load a bundle from its directory or from its ``model.yaml``.
 
@@ -139,10 +158,12 @@ def load_bundle(path: Path) -> ModelBundle:
             path=yaml_path,
         )
     labels = _read_labels(directory, yaml_path, config.labels)
+    config = settle_output_softmax(config, onnx_path)
     return ModelBundle(
         directory=directory,
         config=config,
         onnx_path=onnx_path,
         labels=labels,
         onnx_sha256=onnx_sha256(onnx_path),
+        heldout_dir=_heldout_dir(directory),
     )

@@ -7,11 +7,13 @@ dependency (and its quirks: external data, checker errors, opset conversion) liv
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
-from onnx import version_converter
+from onnx import numpy_helper, version_converter
 
 from agent.backends.base import TensorSpec
 
@@ -25,6 +27,8 @@ __all__ = [
     "ValidationError",
     "ValueInfoProto",
     "add_float_outputs",
+    "array_to_tensor",
+    "attribute_values",
     "check_model",
     "convert_opset",
     "default_opset",
@@ -35,9 +39,12 @@ __all__ = [
     "has_standard_operator",
     "load_external_data",
     "load_model",
+    "output_is_softmax",
     "save_model",
     "save_model_with_data_file",
+    "submodel",
     "tensor_specs",
+    "tensor_to_array",
 ]
 
 log = logging.getLogger(__name__)
@@ -183,3 +190,66 @@ def add_float_outputs(model: ModelProto, names: Sequence[str]) -> None:
                 onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
             )
             present.add(name)
+
+
+#: Ops that only reshape or relabel a tensor: a Softmax before them still makes the output.
+_RESHAPING_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"})
+
+
+def output_is_softmax(path: Path, output: str | None = None) -> bool:
+    """Whether graph output ``output`` (default: the first) of the ONNX file at ``path`` is made
+    by a Softmax node, or by Exp of a LogSoftmax, looking back through reshapes (Identity,
+    Reshape, Flatten, Squeeze, Unsqueeze, Cast). Reads the graph only, not external weights."""
+    graph = load_model(path, external_data=False).graph
+    if not graph.output:
+        return False
+    producer = {name: node for node in graph.node for name in node.output}
+    node = producer.get(output if output is not None else graph.output[0].name)
+    for _ in range(len(graph.node)):  # bounded: a malformed graph may have a cycle
+        if node is None or node.op_type not in _RESHAPING_OPS or not node.input:
+            break
+        node = producer.get(node.input[0])
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type == "Exp" and node.input:
+        source = producer.get(node.input[0])
+        return source is not None and source.op_type == "LogSoftmax"
+    return node.op_type == "Softmax"
+
+
+# ---------------------------------------------------------------------------- rewriting
+
+
+def tensor_to_array(tensor: TensorProto) -> np.ndarray:
+    """The values of an (in-memory) tensor as a numpy array."""
+    return np.asarray(numpy_helper.to_array(tensor))
+
+
+def array_to_tensor(array: np.ndarray, name: str) -> TensorProto:
+    """A tensor named ``name`` holding ``array`` (its dtype and shape)."""
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def attribute_values(node: NodeProto) -> dict[str, Any]:
+    """A node's attributes as name -> Python value (ints, floats, lists, tensors ...)."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def submodel(
+    model: ModelProto,
+    nodes: Iterable[NodeProto],
+    initializers: Iterable[TensorProto],
+    outputs: Sequence[str],
+) -> ModelProto:
+    """A model without inputs made of copies of ``nodes`` and ``initializers`` that returns the
+    tensors ``outputs`` (type left to the runtime), at ``model``'s opsets and IR version."""
+    graph = onnx.helper.make_graph(
+        list(nodes),
+        "submodel",
+        [],
+        [onnx.ValueInfoProto(name=name) for name in outputs],
+        list(initializers),
+    )
+    sub = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
+    sub.ir_version = model.ir_version
+    return sub

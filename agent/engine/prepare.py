@@ -1,22 +1,28 @@
 """Prepare a bundle's ONNX file for calibration and building.
 
-Checks the file (parseable, complete, supported operators, external data inside the bundle),
-upgrades old opsets, checks the image input against ``model.yaml``, works out the
-optimization-profile shapes from the device profile, optionally pins dynamic dimensions, and runs
-shape inference (symbolic first, ONNX's own when symbolic inference gives up, as it does on some
-real YOLO exports). Everything it had to do or work around is recorded in ``notes``.
+Checks the file (:mod:`agent.engine.modelcheck`), upgrades old opsets, checks the image input
+against ``model.yaml``, works out the optimization-profile shapes from the device profile, sets
+the input's axes by position (:mod:`agent.engine.pin`), folds constant subgraphs and
+BatchNormalization into the weights before any Q/DQ goes in, and runs shape inference
+(symbolic first, ONNX's own when symbolic inference gives up, as it does on some real YOLO
+exports). Everything it did or worked around is recorded in ``notes``, and errors name the
+bundle's ONNX file, never the temporary files in ``work_dir``.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.backends.base import InputShapes, TensorSpec
 from agent.config.device import DeviceProfile
-from agent.core.errors import ModelError
-from agent.engine.bundle import ModelBundle, is_inside
+from agent.core.errors import InternalError, ModelError
+from agent.engine.bundle import ModelBundle
+from agent.engine.fold import fold_batchnorm
+from agent.engine.modelcheck import check_external, check_onnx, check_ops, load_onnx
 from agent.engine.onnxgraph import (
     FLOAT,
     FLOAT16,
@@ -28,22 +34,20 @@ from agent.engine.onnxgraph import (
     default_opset,
     dim_value,
     elem_type_name,
-    external_locations,
-    has_standard_operator,
     load_external_data,
     load_model,
     save_model,
     save_model_with_data_file,
     tensor_specs,
 )
-from agent.engine.quantize.shapes import fix_dim_param, infer_shapes
+from agent.engine.pin import AxisPins, is_dynamic, pin_axes
+from agent.engine.quantize.constfold import fold_constants
+from agent.engine.quantize.shapes import infer_shapes
 
 __all__ = ["MIN_OPSET", "PreparedModel", "prepare"]
 
 #: Per-channel DequantizeLinear (axis attribute) needs opset 13.
 MIN_OPSET = 13
-#: Operator domains ONNX Runtime implements besides the default one.
-_KNOWN_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
 _TWO_GIB = 2**31 - 1
 
 
@@ -51,94 +55,17 @@ _TWO_GIB = 2**31 - 1
 class PreparedModel:
     """The prepared ONNX file and what the layers above need to know about it."""
 
+    #: the prepared file (in the build's work directory: temporary, never name it to a user)
     path: Path
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     shapes: dict[str, InputShapes]
     opset: int
     notes: tuple[str, ...]
-
-
-def _load(path: Path) -> ModelProto:
-    fix = "re-export the model (torch.onnx.export / yolo export format=onnx) and copy it again"
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ModelError(f"cannot read the ONNX file: {exc}", fix=fix, path=path) from exc
-    if size == 0:
-        raise ModelError("the ONNX file is empty", fix=fix, path=path)
-    try:
-        model = load_model(path, external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelError(
-            f"not an ONNX model, or a truncated one (protobuf parse failed: {exc})",
-            fix="check the copy is complete (compare sizes/sha256); " + fix,
-            path=path,
-        ) from exc
-    if not model.HasField("graph") or not model.graph.node:
-        raise ModelError(
-            "the file parsed but holds no graph (truncated, or not an ONNX model)",
-            fix="check the copy is complete (compare sizes/sha256); " + fix,
-            path=path,
-        )
-    return model
-
-
-def _check_external(model: ModelProto, path: Path, bundle_dir: Path) -> list[str]:
-    locations = external_locations(model)
-    for location, names in locations.items():
-        target = path.parent / location
-        if not location or Path(location).is_absolute() or not is_inside(target, bundle_dir):
-            raise ModelError(
-                f"external data '{location}' (tensor {names[0]}) resolves outside the bundle "
-                f"directory {bundle_dir}",
-                fix="save the model with its external data file next to it in the bundle "
-                "(onnx.save_model(..., save_as_external_data=True, location='model.onnx.data'))",
-                path=path,
-            )
-        if not target.is_file():
-            raise ModelError(
-                f"external data file '{location}' is missing (tensor {names[0]})",
-                fix="copy the .data file that was exported with the model into the bundle",
-                path=path,
-            )
-    return sorted(locations)
-
-
-def _check_ops(model: ModelProto, path: Path) -> None:
-    opsets = {e.domain: e.version for e in model.opset_import}
-    for node in model.graph.node:
-        domain = node.domain or ""
-        if domain not in _KNOWN_DOMAINS:
-            raise ModelError(
-                f"unsupported operator {domain}::{node.op_type} (node '{node.name}'): "
-                "no backend here implements the custom domain",
-                fix="re-export without the custom op (or replace it with standard ONNX ops); "
-                "plugins are not supported",
-                path=path,
-            )
-        if domain in ("", "ai.onnx"):
-            version = opsets.get(domain, opsets.get("", opsets.get("ai.onnx", 1)))
-            if not has_standard_operator(node.op_type, version):
-                raise ModelError(
-                    f"unsupported operator {node.op_type} (node '{node.name}') at opset "
-                    f"{version}: it is not an ONNX operator",
-                    fix="re-export with standard ONNX operators only",
-                    path=path,
-                )
-
-
-def _check(path: Path) -> None:
-    try:
-        check_model(path)
-    except ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise ModelError(
-            f"the ONNX checker rejected the model: {first}",
-            fix="re-export the model with a current exporter; if an operator is reported "
-            "unknown, replace it with standard ONNX ops",
-            path=path,
-        ) from exc
+    #: the bundle's ONNX file the prepared one was made from: what errors should name
+    source: Path
+    #: BatchNormalization node -> the Conv/ConvTranspose/Gemm node it was folded into
+    folded: dict[str, str] = field(default_factory=dict[str, str])
 
 
 def _image_input(
@@ -182,7 +109,7 @@ def _image_input(
         )
     channel_axis = 1 if spec.layout == "NCHW" else 3
     channels = dims[channel_axis]
-    if isinstance(channels, int) and channels != 3:
+    if isinstance(channels, int) and not is_dynamic(channels) and channels != 3:
         other = "NHWC" if spec.layout == "NCHW" else "NCHW"
         hint = ""
         if dims[4 - channel_axis if channel_axis == 3 else 3] == 3:
@@ -206,7 +133,7 @@ def _shapes(
     batch = profile.shapes.batch
     cap = profile.runtime.max_batch
     b = [min(batch.min, cap), min(batch.opt, cap), min(batch.max, cap)]
-    if isinstance(dims[0], int):
+    if isinstance(dims[0], int) and not is_dynamic(dims[0]):
         if b != [dims[0]] * 3:
             notes.append(f"batch is fixed to {dims[0]} in the ONNX file; profile batch {b} ignored")
         b = [dims[0]] * 3
@@ -219,7 +146,7 @@ def _shapes(
         w = [pw.min, pw.opt, pw.max]
     for axis, rng, what in ((h_axis, h, "height"), (w_axis, w, "width")):
         fixed = dims[axis]
-        if isinstance(fixed, int):
+        if isinstance(fixed, int) and not is_dynamic(fixed):
             if spec.size is not None and rng[0] != fixed:
                 raise ModelError(
                     f"model.yaml input.size asks {what} {rng[0]} but the ONNX input is fixed at "
@@ -236,22 +163,6 @@ def _shapes(
         return (b[i], 3, h[i], w[i]) if nchw else (b[i], h[i], w[i], 3)
 
     return InputShapes(shape(0), shape(1), shape(2))
-
-
-def _pin(model: ModelProto, vi: ValueInfoProto, pin: list[int | None]) -> bool:
-    """Pin the input's dynamic dims where ``pin`` has a value; a dim_param is replaced
-    everywhere it appears in the graph. Returns whether anything changed."""
-    changed = False
-    for d, value in zip(vi.type.tensor_type.shape.dim, pin, strict=True):
-        if value is None or (d.HasField("dim_value") and d.dim_value > 0):
-            continue
-        if d.HasField("dim_param") and d.dim_param:
-            fix_dim_param(model.graph, d.dim_param, value)
-        if not (d.HasField("dim_value") and d.dim_value == value):
-            d.Clear()
-            d.dim_value = value
-        changed = True
-    return changed
 
 
 def _save(model: ModelProto, path: Path, large: bool) -> None:
@@ -278,6 +189,13 @@ def _upgrade_opset(model: ModelProto, path: Path, notes: list[str]) -> ModelProt
     return model
 
 
+def _scrub(text: str, work_dir: Path, source: Path) -> str:
+    """``text`` with every path under ``work_dir`` (temporary files) replaced by ``source``."""
+    for root in dict.fromkeys((str(work_dir), str(work_dir.resolve()))):
+        text = re.sub(re.escape(root) + r"[^\s'\"(),;]*", str(source), text)
+    return text
+
+
 def _write_prepared(model: ModelProto, work_dir: Path, path: Path, notes: list[str]) -> Path:
     """Save ``model`` with inferred shapes as ``work_dir/prepared.onnx`` and check it."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -290,29 +208,84 @@ def _write_prepared(model: ModelProto, work_dir: Path, path: Path, notes: list[s
     try:
         check_model(out)
     except ValidationError as exc:
+        reason = _scrub(str(exc), work_dir, path)
         raise ModelError(
-            f"the prepared model does not pass the ONNX checker: {exc}",
+            f"the prepared model does not pass the ONNX checker: {reason}",
             fix="re-export the model with opset >= 13 so no conversion is needed",
             path=path,
         ) from exc
     return out
 
 
+def _fold(model: ModelProto, keep_float: Sequence[str], notes: list[str]) -> dict[str, str]:
+    """Fold constants, then BatchNormalization, into the weights; returns BN -> its conv."""
+    consts = fold_constants(model, keep_float)
+    if consts.skipped:
+        notes.append(f"constant folding skipped ({consts.skipped})")
+    elif consts.folded:
+        ops = ", ".join(f"{op} x{n}" for op, n in consts.folded.most_common())
+        notes.append(f"folded {consts.folded.total()} constant nodes into initializers ({ops})")
+    bn = fold_batchnorm(model.graph, keep_float)
+    if bn.folded:
+        notes.append(
+            f"folded {len(bn.folded)} BatchNormalization nodes into the Conv/ConvTranspose/Gemm "
+            "before them (their names kept)"
+        )
+    for name, conv in bn.kept.items():
+        notes.append(
+            f"BatchNormalization '{name}' not folded into '{conv}' because model.yaml keep_float "
+            f"names it; name '{conv}' there instead to fold it and keep that node in float"
+        )
+    if bn.unfoldable:
+        shown = "; ".join(f"'{n}': {why}" for n, why in list(bn.unfoldable.items())[:3])
+        more = f" (+{len(bn.unfoldable) - 3} more)" if len(bn.unfoldable) > 3 else ""
+        notes.append(
+            f"{len(bn.unfoldable)} BatchNormalization nodes stay unfolded (float in the INT8 "
+            f"graph): {shown}{more}"
+        )
+    return bn.folded
+
+
+def _read_back(final: ModelProto, name: str, axes: AxisPins, why: str, path: Path) -> str:
+    """The note on the input shape the prepared file really has; refuses a pin that did not
+    hold (a bug: shape inference must not change the input)."""
+    vi = next((v for v in final.graph.input if v.name == name), None)
+    if vi is None:
+        raise InternalError(f"input '{name}' of {path} vanished while preparing it")
+    dims = [dim_value(d) for d in vi.type.tensor_type.shape.dim]
+    wrong = {a: dims[a] for a, v in axes.pinned.items() if dims[a] != v}
+    if wrong:
+        raise InternalError(
+            f"input '{name}' of {path}: axes {sorted(wrong)} were pinned to "
+            f"{[axes.pinned[a] for a in sorted(wrong)]} but the prepared model has {dims}"
+        )
+    note = f"input '{name}' in the prepared model: {dims}"
+    if axes.pinned:
+        note += f"; axes {sorted(axes.pinned)} pinned by position ({why})"
+    if axes.shared:
+        note += f"; dim names {list(axes.shared)} were shared by several axes"
+    if axes.renamed:
+        note += f"; axes {sorted(axes.renamed)} given names of their own"
+    if axes.cleared:
+        note += f"; {axes.cleared} stale dims elsewhere cleared for shape inference"
+    return note
+
+
 def prepare(
     bundle: ModelBundle, profile: DeviceProfile, work_dir: Path, *, static: bool = False
 ) -> PreparedModel:
-    """Check, upgrade and shape the bundle's ONNX file into ``work_dir/prepared.onnx``.
+    """Check, upgrade, shape and fold the bundle's ONNX file into ``work_dir/prepared.onnx``.
 
     ``static=True`` pins every dynamic dimension of the image input to the profile's ``opt``
     shape (what calibration and static engines need); otherwise only dimensions whose
     min == max are pinned. Raises :class:`ModelError` naming the file and the fix.
     """
-    path = bundle.onnx_path
+    path, work_dir = bundle.onnx_path, Path(work_dir)
     notes: list[str] = []
-    model = _load(path)
-    ext = _check_external(model, path, bundle.directory)
-    _check_ops(model, path)
-    _check(path)
+    model = load_onnx(path)
+    ext = check_external(model, path, bundle.directory)
+    check_ops(model, path)
+    check_onnx(path)
     if ext:
         load_external_data(model, path.parent)
         notes.append(f"external data loaded from {', '.join(ext)}")
@@ -323,13 +296,13 @@ def prepare(
     pin: list[int | None] = [
         shapes.opt[i] if static or shapes.min[i] == shapes.max[i] else None for i in range(4)
     ]
-    if _pin(model, vi, pin):
-        shown = [p if p is not None else "dynamic" for p in pin]
-        why = "static=True" if static else "min == max in the profile"
-        notes.append(f"input '{vi.name}' dims pinned to {shown} ({why})")
+    axes = pin_axes(model.graph, vi, pin)
+    folded = _fold(model, bundle.config.keep_float, notes)
 
-    out = _write_prepared(model, Path(work_dir), path, notes)
+    out = _write_prepared(model, work_dir, path, notes)
     final = load_model(out, external_data=False)
+    why = "static=True" if static else "min == max in the profile"
+    notes.append(_read_back(final, vi.name, axes, why, path))
     inputs, outputs = tensor_specs(final)
     return PreparedModel(
         path=out,
@@ -337,5 +310,7 @@ def prepare(
         outputs=outputs,
         shapes={vi.name: shapes},
         opset=default_opset(final),
-        notes=tuple(notes),
+        notes=tuple(_scrub(n, work_dir, path) for n in notes),
+        source=path,
+        folded=folded,
     )

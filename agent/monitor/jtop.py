@@ -47,6 +47,7 @@ from agent.core.errors import JtopUnavailable
 from agent.monitor.host import WarnOnce, read_memory
 from agent.monitor.jetson_rules import EXCLUDED_JTOP_ZONES, module_power_sum, soc_zones
 from agent.monitor.sample import MemorySample, Sample
+from agent.monitor.throttle import ThrottleReader
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,15 @@ class JtopSource:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         meminfo: Path = Path("/proc/meminfo"),
+        root: Path = Path("/"),
     ) -> None:
         self._clock = clock
         self._meminfo = meminfo
         self._wall = wall_clock
         self._reconnect_s = reconnect_interval_s
         self._warn = WarnOnce(log)
+        # jtop reports no over-current counters: read them (and the cooling devices) from sysfs
+        self._throttle = ThrottleReader(root, self._warn)
         try:
             self._factory = factory if factory is not None else _default_factory(interval)
         except JtopUnavailable as exc:
@@ -176,8 +180,9 @@ class JtopSource:
     # ------------------------------------------------------------------ reading
 
     def read(self) -> Sample:
+        throttling = self._throttle.read([])
         if not self._alive():
-            return Sample(ts=self._wall(), source=self.name)
+            return Sample(ts=self._wall(), source=self.name, throttling=throttling)
         client = self._client
         rails, board = self._field("power", client, self._power, ({}, None))
         return Sample(
@@ -190,6 +195,7 @@ class JtopSource:
             gpu_load_pct=self._field("gpu", client, self._gpu, None),
             cpu_load_pct=self._field("cpu", client, self._cpu, None),
             power_mode=self._field("nvpmodel", client, self._mode, None),
+            throttling=throttling,
         )
 
     def _field(self, key: str, client: Any, getter: Callable[[Any], Any], empty: Any) -> Any:

@@ -62,7 +62,7 @@ def open_source(
     try_jtop = prefer == "jtop" or jtop_factory is not None or root == Path("/")
     if (try_jtop and jetson) or prefer == "jtop":
         try:
-            source = JtopSource(jtop_factory, meminfo=root / "proc/meminfo")
+            source = JtopSource(jtop_factory, meminfo=root / "proc/meminfo", root=root)
         except JtopUnavailable as exc:
             log.info("monitor: jtop unavailable (%s); falling back to %s", exc.message, fallback)
         else:

@@ -29,12 +29,8 @@ Power mode
     lines; without a status file, the conf's ``< PM_CONFIG DEFAULT=n >`` is the active mode
     (nvpmodel applies the default when its user data file is absent).
 Throttling
-    ``oc1``/``oc2``/``oc3``: the Orin BPMP over-current event counters
-    (``sys/class/hwmon/hwmon*`` named ``soctherm_oc``: ``oc<N>_event_cnt``) went up since the
-    previous read (OC1 under-voltage, OC2 average and OC3 instantaneous over-current);
-    ``oc_alarm``: any of those, or an INA3221 crit/max alarm is set; ``thermal``: a non-fan
-    thermal cooling device is active (``cur_state > 0``). A reason that cannot be judged yet
-    (first read) is absent, not False.
+    over-current counters, INA3221 alarms and thermal cooling devices: see
+    :mod:`agent.monitor.throttle`.
 Memory and CPU
     ``proc/meminfo`` and two reads of ``proc/stat`` (shared with :mod:`agent.monitor.host`).
 
@@ -61,6 +57,7 @@ from agent.monitor.host import (
 )
 from agent.monitor.jetson_rules import module_power_sum, soc_zones
 from agent.monitor.sample import Sample
+from agent.monitor.throttle import ThrottleReader
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +82,7 @@ _IIO_RAIL = re.compile(r"^rail_name_(\d+)$")
 _PMODE = re.compile(r"pmode:\s*(\d+)")
 _POWER_MODEL = re.compile(r"<\s*POWER_MODEL\s+ID=(\d+)\s+NAME=([^\s>]+)\s*>")
 _PM_DEFAULT = re.compile(r"<\s*PM_CONFIG\s+DEFAULT=(\d+)\s*>")
-_OC_COUNT = re.compile(r"^oc(\d+)_event_cnt$")
 _SUM_OF_SHUNTS = 7
-_FAN_COOLING = re.compile(r"fan", re.IGNORECASE)
 
 
 class SysfsSource:
@@ -111,13 +106,13 @@ class SysfsSource:
         self._wall = wall_clock
         self._warn = WarnOnce(log)
         self._cpu = cpu_interval_state if cpu_interval_state is not None else CpuLoad()
-        self._oc_prev: dict[str, int] = {}
+        self._throttle = ThrottleReader(self.root, self._warn)
 
     # ------------------------------------------------------------------ public
 
     def read(self) -> Sample:
         rails, alarms = self._read_power()
-        throttling = self._read_throttling(alarms)
+        throttling = self._throttle.read(alarms)
         thermal = self.root / "sys/devices/virtual/thermal"
         if not thermal.is_dir():
             thermal = self.root / "sys/class/thermal"
@@ -307,58 +302,3 @@ class SysfsSource:
             return None
         self._warn.ok("power_mode")
         return names[mode_id]
-
-    # ------------------------------------------------------------------ throttling
-
-    def _read_throttling(self, ina_alarms: list[bool]) -> dict[str, bool]:
-        flags: dict[str, bool] = {}
-        any_oc_known = False
-        hwmon_class = self.root / "sys/class/hwmon"
-        oc_dirs = [
-            d
-            for d in (sorted(hwmon_class.iterdir()) if hwmon_class.is_dir() else [])
-            if (read_text(d / "name") or "").strip() == "soctherm_oc"
-        ]
-        for hwmon in oc_dirs:
-            for counter in sorted(hwmon.glob("oc*_event_cnt")):
-                match = _OC_COUNT.match(counter.name)
-                if not match:
-                    continue
-                key = f"oc{match.group(1)}"
-                count = read_int(counter)
-                if count is None or count < 0:
-                    self._warn.warn(f"throttling[{key}]", f"{counter}: not a counter; unknown")
-                    self._oc_prev.pop(key, None)
-                    continue
-                prev = self._oc_prev.get(key)
-                self._oc_prev[key] = count
-                if prev is None or count < prev:
-                    continue  # first read (or counter reset): no evidence yet
-                flags[key] = count > prev
-                any_oc_known = True
-        if ina_alarms or any_oc_known:
-            flags["oc_alarm"] = any(ina_alarms) or any(
-                flags.get(k, False) for k in flags if k.startswith("oc")
-            )
-        thermal = self._thermal_throttling()
-        if thermal is not None:
-            flags["thermal"] = thermal
-        return flags
-
-    def _thermal_throttling(self) -> bool | None:
-        base = self.root / "sys/devices/virtual/thermal"
-        if not base.is_dir():
-            base = self.root / "sys/class/thermal"
-        if not base.is_dir():
-            return None
-        states: list[bool] = []
-        for dev in sorted(base.glob("cooling_device*"), key=zone_sort_key):
-            kind = (read_text(dev / "type") or "").strip()
-            if not kind or _FAN_COOLING.search(kind):
-                continue  # a fan spinning up is cooling, not throttling
-            state = read_int(dev / "cur_state")
-            if state is None:
-                self._warn.warn(f"throttling[{kind}]", f"{dev / 'cur_state'}: unreadable")
-                continue
-            states.append(state > 0)
-        return any(states) if states else None

@@ -1,6 +1,7 @@
 """Raw runner outputs → typed :class:`Result` records, one per frame of a batch.
 
-* ``classify`` (``softmax_topk``): softmax over the logits, top-k ``(label, probability)``.
+* ``classify`` (``softmax_topk``): softmax over the logits (not when ``output.softmax`` is
+  ``none``: the model ends in Softmax), top-k ``(label, probability)``.
 * ``detect`` (``yolov8``): :func:`agent.vision.decode.decode_yolov8` (best class per anchor,
   confidence threshold, class-aware NMS, at most ``max_detections``), boxes mapped from model-input
   pixels back to source-frame pixels through each frame's :class:`LetterboxInfo`.
@@ -125,7 +126,10 @@ class Postprocessor:
         return out[:n]
 
     def _classify(self, logits: np.ndarray) -> list[dict[str, Any]]:
-        ids, probs = softmax_topk(logits.reshape(logits.shape[0], -1), self.config.output.top_k)
+        spec = self.config.output
+        ids, probs = softmax_topk(
+            logits.reshape(logits.shape[0], -1), spec.top_k, apply_softmax=spec.applies_softmax
+        )
         return [
             {
                 "top_k": tuple(

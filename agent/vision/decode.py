@@ -70,11 +70,15 @@ def softmax(logits: npt.ArrayLike, axis: int = -1) -> FloatArray:
     return shifted
 
 
-def softmax_topk(logits: npt.ArrayLike, k: int) -> tuple[IntArray, FloatArray]:
+def softmax_topk(
+    logits: npt.ArrayLike, k: int, *, apply_softmax: bool = True
+) -> tuple[IntArray, FloatArray]:
     """Top-``k`` classes and their softmax probabilities.
 
     ``logits`` is [N, C] (or [C] for one image, which gives [k]-shaped results). Returns
-    ``(class_ids, probs)``, each [N, k], best first.
+    ``(class_ids, probs)``, each [N, k], best first. With ``apply_softmax=False`` the values
+    are already probabilities (the model ends in Softmax) and are ranked as they are: a second
+    softmax would flatten them toward uniform.
     """
     x = np.asarray(logits, dtype=np.float32)
     single = x.ndim == 1
@@ -84,7 +88,7 @@ def softmax_topk(logits: npt.ArrayLike, k: int) -> tuple[IntArray, FloatArray]:
         x = x.reshape(x.shape[0], -1)
     num_classes = x.shape[1]
     k = max(1, min(int(k), num_classes))
-    probs = softmax(x, axis=1)
+    probs = softmax(x, axis=1) if apply_softmax else x
     if k < num_classes:
         part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
     else:

@@ -18,9 +18,22 @@ import numpy.typing as npt
 from agent.config.model import InputSpec
 from agent.core.errors import ModelError
 
-__all__ = ["InvalidFrame", "LetterboxInfo", "load_image_or_npy", "preprocess", "validate_frame"]
+__all__ = [
+    "MIN_FRAME_SIDE",
+    "InvalidFrame",
+    "LetterboxInfo",
+    "load_image_or_npy",
+    "preprocess",
+    "validate_frame",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+#: The smallest frame side (pixels) accepted. Below it an image carries too little to classify or
+#: detect anything: upscaled to the model input it is a few flat blocks, and a model would still
+#: answer with confidence. Absolute, not relative to the model input, so one file is accepted or
+#: refused the same way by every model (calibration, the gate, ``infer``, the camera pipeline).
+MIN_FRAME_SIDE = 8
 
 
 class InvalidFrame(ModelError, ValueError):
@@ -68,8 +81,9 @@ class LetterboxInfo:
 def validate_frame(frame: object, *, what: str = "frame") -> np.ndarray:
     """Return ``frame`` as a BGR ``uint8`` H x W x 3 array.
 
-    Grayscale (H x W or H x W x 1) is expanded, BGRA drops its alpha; anything else raises
-    :class:`InvalidFrame` saying what was received.
+    Grayscale (H x W or H x W x 1) is expanded, BGRA drops its alpha; anything else, and a
+    frame with a side under :data:`MIN_FRAME_SIDE` pixels, raises :class:`InvalidFrame` saying
+    what was received (``what`` names it: a file path, or "frame").
     """
     if not isinstance(frame, np.ndarray):
         raise InvalidFrame(
@@ -93,6 +107,15 @@ def validate_frame(frame: object, *, what: str = "frame") -> np.ndarray:
         )
     if frame.shape[0] < 1 or frame.shape[1] < 1:
         raise InvalidFrame(f"{what} is empty (shape {tuple(frame.shape)})", fix="skip it")
+    if min(frame.shape[0], frame.shape[1]) < MIN_FRAME_SIDE:
+        height, width = frame.shape[:2]
+        raise InvalidFrame(
+            f"{what} is {width} x {height} pixels, too small to mean anything to a model "
+            f"(at least {MIN_FRAME_SIDE} x {MIN_FRAME_SIDE} is needed; it would be stretched, "
+            "not seen)",
+            fix=f"use the full-size image (a thumbnail or a crop of at least {MIN_FRAME_SIDE} "
+            "pixels per side), or remove the file",
+        )
     return frame
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,14 @@ from agent.backends.tensorrt import inspect as trt_inspect
 from agent.backends.tensorrt import plan as trt_plan
 from agent.backends.tensorrt import runner as trt_runner
 from agent.core.errors import ArtifactError, BuildFailed
-from tests.fakes.fake_tensorrt import (
+from tests.fakes.tensorrt import (
     EXPECTED_FLAGS,
-    GENERATIONS,
     SHAPES,
     FakeCuda,
     build_request,
     make_fake_tensorrt,
     onnx_dq_model,
+    onnx_fp16_model,
     onnx_relu_model,
 )
 
@@ -35,19 +36,19 @@ MIB = 1024 * 1024
 # --------------------------------------------------------------------------- build with the fake
 
 
-@pytest.fixture(params=GENERATIONS)
-def fake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    module = make_fake_tensorrt(request.param)
-    monkeypatch.setitem(sys.modules, "tensorrt", module)
-    return module
-
-
 def _gen(fake: Any) -> str:
     return fake._fake.version
 
 
-def _build(tmp_path: Path, fake: Any, **overrides: Any) -> Any:
-    onnx_relu_model(tmp_path / "model.onnx")
+def _dla_model(fake: Any) -> Callable[[Path], Path]:
+    """The model a DLA build uses: on 11.x (strongly typed) it must already compute in FP16."""
+    return onnx_fp16_model if _gen(fake) == "11.0" else onnx_relu_model
+
+
+def _build(
+    tmp_path: Path, fake: Any, model: Callable[[Path], Path] = onnx_relu_model, **overrides: Any
+) -> Any:
+    model(tmp_path / "model.onnx")
     progress: list[tuple[str, float, str]] = []
     result = trt_backend.BACKEND.build(
         build_request(tmp_path, **overrides), lambda s, f, m: progress.append((s, f, m))
@@ -96,13 +97,19 @@ def test_build_precision_and_network_flags(tmp_path: Path, fake: Any) -> None:
 
 def test_build_fp16(tmp_path: Path, fake: Any) -> None:
     _, _, fp16_flags = EXPECTED_FLAGS[_gen(fake)]
+    if _gen(fake) == "11.0":  # strongly typed: an FP32 ONNX cannot make an fp16 engine
+        with pytest.raises(BuildFailed, match="would be FP32") as info:
+            _build(tmp_path, fake, precision="fp16")
+        assert "AutoCast" in str(info.value.fix)
+        assert not fake._fake.named("build_serialized_network")  # refused before the build
+        return
     _build(tmp_path, fake, precision="fp16")
     assert tuple(f for _, f in fake._fake.named("set_flag")) == fp16_flags
 
 
 def test_build_dla_core_and_gpu_fallback(tmp_path: Path, fake: Any) -> None:
     rec = fake._fake
-    result = _build(tmp_path, fake, dla_core=1)
+    result = _build(tmp_path, fake, _dla_model(fake), dla_core=1)
     assert rec.named("DLA_core") == [("DLA_core", 1)]
     assert rec.named("default_device_type") == [("default_device_type", "DLA")]
     assert "GPU_FALLBACK" in rec.configs[0].flags_set
@@ -110,13 +117,13 @@ def test_build_dla_core_and_gpu_fallback(tmp_path: Path, fake: Any) -> None:
 
 
 def test_build_dla_without_gpu_fallback(tmp_path: Path, fake: Any) -> None:
-    _build(tmp_path, fake, dla_core=0, gpu_fallback=False)
+    _build(tmp_path, fake, _dla_model(fake), dla_core=0, gpu_fallback=False)
     assert fake._fake.named("DLA_core") == [("DLA_core", 0)]
     assert "GPU_FALLBACK" not in fake._fake.configs[0].flags_set
 
 
 def test_build_dla_pins_the_profile_to_opt(tmp_path: Path, fake: Any) -> None:
-    result = _build(tmp_path, fake, dla_core=0)
+    result = _build(tmp_path, fake, _dla_model(fake), dla_core=0)
     opt = SHAPES["images"].opt
     assert fake._fake.named("set_shape") == [("set_shape", "images", opt, opt, opt)]
     assert any("DLA needs static shapes" in n for n in result.info["plan"]["notes"])
@@ -128,7 +135,7 @@ def test_fake_builder_refuses_dla_with_a_dynamic_profile(
     # the rule the plan obeys, shown by a plan that would not: TensorRT's DLA restrictions
     monkeypatch.setattr(trt_plan, "_plan_profile", lambda request, *_: dict(request.shapes))
     with pytest.raises(BuildFailed, match="DLA does not support dynamic dimensions"):
-        _build(tmp_path, fake, dla_core=0)
+        _build(tmp_path, fake, _dla_model(fake), dla_core=0)
     (tmp_path / "gpu").mkdir()
     _build(tmp_path / "gpu", fake)  # the same dynamic profile builds on the GPU
 
@@ -303,7 +310,7 @@ def test_runner_rejects_engine_of_another_version(
 def test_runner_sets_the_dla_core_before_deserializing(
     tmp_path: Path, fake: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result = _build(tmp_path, fake, dla_core=1)
+    result = _build(tmp_path, fake, _dla_model(fake), dla_core=1)
     rec = fake._fake
     monkeypatch.setattr(trt_runner, "CUDA", FakeCuda(rec.memory))
     start = len(rec.calls)

@@ -87,8 +87,8 @@ def test_event_timing_is_positive(stream: cuda_runtime.Stream) -> None:
     with (
         cuda_memory.PinnedBuffer(data.shape, np.uint8) as host,
         cuda_memory.DeviceBuffer(data.nbytes) as dev,
-        cuda_runtime.Event() as start,
-        cuda_runtime.Event() as end,
+        cuda_runtime.Event(timing=True) as start,
+        cuda_runtime.Event(timing=True) as end,
     ):
         host.array[...] = data
         start.record(stream)

@@ -15,7 +15,7 @@ from agent.backends.tensorrt import backend as trt_backend
 from agent.backends.tensorrt import loader as trt_loader
 from agent.backends.tensorrt import plan as trt_plan
 from agent.core.errors import BackendUnavailable, BuildFailed
-from tests.fakes.fake_tensorrt import (
+from tests.fakes.tensorrt import (
     EXPECTED_FLAGS,
     GENERATIONS,
     SHAPES,
@@ -37,6 +37,7 @@ CAPS = {
     ),
     "10.3": trt_plan.Capabilities(
         version="10.3.0.30",
+        memory_pools=(*trt_plan.Capabilities.memory_pools, "TACTIC_SHARED_MEMORY"),
         explicit_batch_flag_needed=False,
         strongly_typed_available=True,
         int8_fp16_flags=True,
@@ -45,6 +46,7 @@ CAPS = {
     ),
     "11.0": trt_plan.Capabilities(
         version="11.0.0.11",
+        memory_pools=(*trt_plan.Capabilities.memory_pools, "TACTIC_SHARED_MEMORY"),
         explicit_batch_flag_needed=False,
         strongly_typed_available=True,
         int8_fp16_flags=False,
@@ -67,7 +69,7 @@ def test_plan_precision_flags_per_generation(tmp_path: Path, gen: str, precision
     assert plan.builder_flags == expected
     assert plan.strongly_typed is (gen == "11.0")
     if gen == "11.0" and precision == "fp16":
-        assert any("fp16 ONNX" in note for note in plan.notes)
+        assert any("AutoCast" in note for note in plan.notes)
 
 
 def test_plan_limits_profile_and_level(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from agent.backends.base import BuildRequest, InputShapes
 from agent.backends.tensorrt import backend as trt_backend
 from agent.backends.tensorrt import loader as trt_loader
 from agent.core.errors import BackendUnavailable
-from tests.fakes.fake_tensorrt import (
+from tests.fakes.tensorrt import (
     GENERATIONS,
     make_fake_tensorrt,
 )
@@ -38,7 +38,7 @@ _NOT_IN_STUBS_10 = {
 FAKE_CLASSES = (
     "Builder", "IBuilderConfig", "INetworkDefinition", "ITensor", "OnnxParser", "ParserError",
     "IOptimizationProfile", "ITimingCache", "Runtime", "ICudaEngine", "IExecutionContext",
-    "EngineInspector", "ILogger", "IProfiler",
+    "EngineInspector", "ILogger", "IProfiler", "ILayer", "IOutputAllocator",
 )  # fmt: skip
 FAKE_ENUMS = (
     "BuilderFlag", "NetworkDefinitionCreationFlag", "MemoryPoolType", "DeviceType",

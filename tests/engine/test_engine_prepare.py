@@ -15,6 +15,7 @@ from agent.core.errors import ModelError
 from agent.engine.bundle import load_bundle
 from agent.engine.prepare import PreparedModel, prepare
 from tests.assets import MODELS
+from tests.helpers.engine_util import CPU_DYNAMIC_RANGE, shape_range
 from tests.helpers.onnx_models import convnet, make_bundle
 
 
@@ -28,8 +29,7 @@ def test_prepare_fixed_size(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
     prepared = prepare(bundle, cpu_profile, tmp_path / "work")
     assert isinstance(prepared, PreparedModel)
     assert prepared.path == tmp_path / "work" / "prepared.onnx" and prepared.path.is_file()
-    shapes = prepared.shapes["images"]
-    assert (shapes.min, shapes.opt, shapes.max) == ((1, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32))
+    assert shape_range(prepared) == ((1, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32))
     # H/W have min == max, so they are pinned; batch stays dynamic
     assert prepared.inputs[0].shape == ("batch", 3, 32, 32)
     assert prepared.outputs[0].name == "logits" and prepared.outputs[0].dtype == "float32"
@@ -41,12 +41,7 @@ def test_prepare_fixed_size(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
 def test_profile_shapes_when_size_is_null(tmp_path: Path, cpu_profile: DeviceProfile) -> None:
     bundle = load_bundle(make_bundle(tmp_path, convnet(), size="null"))
     dynamic = prepare(bundle, cpu_profile, tmp_path / "dyn")
-    shapes = dynamic.shapes["images"]
-    assert (shapes.min, shapes.opt, shapes.max) == (
-        (1, 3, 224, 224),
-        (1, 3, 256, 256),
-        (4, 3, 640, 640),
-    )
+    assert shape_range(dynamic) == CPU_DYNAMIC_RANGE
     assert dynamic.inputs[0].shape == ("batch", 3, "height", "width")
     static = prepare(bundle, cpu_profile, tmp_path / "static", static=True)
     assert static.inputs[0].shape == (1, 3, 256, 256)
@@ -187,20 +182,17 @@ def test_external_data_symlink_out_of_bundle_is_refused(
         prepare(load_bundle(d), cpu_profile, tmp_path / "w")
 
 
-def concat_of_constants_model() -> onnx.ModelProto:
-    """Valid graph on which onnxruntime's symbolic shape inference asserts: a Concat of constant
-    1-D inputs with ``axis=-1`` (it asserts ``axis == 0``), as in real YOLO exports."""
+def concat_of_shapes_model() -> onnx.ModelProto:
+    """Valid graph on which onnxruntime's symbolic shape inference asserts: a Concat of 1-D
+    shape values with ``axis=-1`` (it asserts ``axis == 0``), as in real YOLO exports. One
+    operand is a Shape, so constant folding cannot remove the Concat."""
     model = convnet(dims=(1, 3, 32, 32))
     graph = model.graph
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.full((2,), 1, np.int64), "ka"),
-            numpy_helper.from_array(np.full((2,), -1, np.int64), "kb"),
-        ]
-    )
+    graph.initializer.append(numpy_helper.from_array(np.full((2,), -1, np.int64), "kb"))
     graph.node[-1].output[0] = "pre"
     graph.node.extend(
         [
+            helper.make_node("Shape", ["pre"], ["ka"], name="shape"),
             helper.make_node("Concat", ["ka", "kb"], ["ki"], name="anchors", axis=-1),
             helper.make_node("Cast", ["ki"], ["k"], name="cast", to=TensorProto.FLOAT),
             helper.make_node("Add", ["pre", "k"], ["logits"], name="offset"),
@@ -212,7 +204,7 @@ def concat_of_constants_model() -> onnx.ModelProto:
 def test_symbolic_shape_inference_failure_falls_back(
     tmp_path: Path, cpu_profile: DeviceProfile
 ) -> None:
-    bundle = load_bundle(make_bundle(tmp_path, concat_of_constants_model()))
+    bundle = load_bundle(make_bundle(tmp_path, concat_of_shapes_model()))
     prepared = prepare(bundle, cpu_profile, tmp_path / "w")
     notes = " ".join(prepared.notes)
     assert "symbolic shape inference failed" in notes

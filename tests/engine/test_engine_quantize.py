@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.config.device import DeviceProfile
 from agent.core.errors import CalibrationError, ModelError
-from agent.engine.bundle import ModelBundle, load_bundle
+from agent.engine.bundle import load_bundle
 from agent.engine.calibration import CalibrationSet, load_calibration_set
 from agent.engine.prepare import PreparedModel, prepare
 from agent.engine.quantize.entry import quantize
@@ -24,7 +24,8 @@ from agent.engine.quantize.probe import channel_error, find_outliers
 from agent.engine.quantize.reader import FrameReader
 from agent.engine.quantize.recipes import RECIPES
 from tests.assets import CALIB, MODELS
-from tests.helpers.onnx_models import convnet, make_bundle
+from tests.helpers.engine_util import Tiny, noise_frames, tiny_convnet
+from tests.helpers.onnx_models import make_bundle
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -32,30 +33,15 @@ def _run(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {"images": x})[0])
 
 
-def _frames(directory: Path, count: int, seed: int = 0) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        img = cv2.GaussianBlur(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), (5, 5), 0)
-        cv2.imwrite(str(directory / f"f{i:03d}.png"), img)
-    return directory
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory, cpu_profile: DeviceProfile):
-    root = tmp_path_factory.mktemp("tiny")
-    bundle = load_bundle(make_bundle(root, convnet()))
-    prepared = prepare(bundle, cpu_profile, root / "work")
-    calib = load_calibration_set(_frames(root / "calib", 12), bundle, (32, 32), 8, 4)
-    return bundle, prepared, calib
+def tiny(tmp_path_factory: pytest.TempPathFactory, cpu_profile: DeviceProfile) -> Tiny:
+    return tiny_convnet(tmp_path_factory.mktemp("tiny"), cpu_profile, frames=12, count=8, heldout=4)
 
 
 # --------------------------------------------------------------------------- calibration set
 
 
-def test_calibration_set_split_and_hash(
-    tiny: tuple[ModelBundle, PreparedModel, CalibrationSet], tmp_path: Path
-) -> None:
+def test_calibration_set_split_and_hash(tiny: Tiny, tmp_path: Path) -> None:
     bundle, _, calib = tiny
     assert len(calib.calib) == 8 and len(calib.heldout) == 4 and len(calib.heldout_frames) == 4
     assert calib.calib[0].shape == (1, 3, 32, 32) and calib.calib[0].dtype == np.float32
@@ -64,16 +50,14 @@ def test_calibration_set_split_and_hash(
     assert not set(calib.calib_files) & set(calib.heldout_files)
     assert calib.heldout_frames[0].shape == (40, 48, 3)
     # same files -> same hash; one changed byte -> different hash
-    d = _frames(tmp_path / "c", 12)
+    d = noise_frames(tmp_path / "c", 12)
     first = load_calibration_set(d, bundle, (32, 32), 8, 4)
     assert first.sha256 == calib.sha256
     cv2.imwrite(str(d / "f003.png"), np.zeros((40, 48, 3), np.uint8))
     assert load_calibration_set(d, bundle, (32, 32), 8, 4).sha256 != calib.sha256
 
 
-def test_calibration_npy_raw_and_preprocessed(
-    tiny: tuple[ModelBundle, PreparedModel, CalibrationSet], tmp_path: Path
-) -> None:
+def test_calibration_npy_raw_and_preprocessed(tiny: Tiny, tmp_path: Path) -> None:
     bundle = tiny[0]
     d = tmp_path / "npy"
     d.mkdir()
@@ -90,9 +74,7 @@ def test_calibration_npy_raw_and_preprocessed(
         load_calibration_set(d, bundle, (32, 32), 8, 1)
 
 
-def test_calibration_folder_errors(
-    tiny: tuple[ModelBundle, PreparedModel, CalibrationSet], tmp_path: Path
-) -> None:
+def test_calibration_folder_errors(tiny: Tiny, tmp_path: Path) -> None:
     bundle = tiny[0]
     with pytest.raises(CalibrationError, match="does not exist") as info:
         load_calibration_set(tmp_path / "missing", bundle, (32, 32), 8, 4)
@@ -103,13 +85,15 @@ def test_calibration_folder_errors(
     with pytest.raises(CalibrationError, match="no calibration frames") as info:
         load_calibration_set(empty, bundle, (32, 32), 8, 4)
     assert str(empty) in str(info.value) and "JPEGs from this device" in str(info.value)
-    few = _frames(tmp_path / "few", 5)
+    few = noise_frames(tmp_path / "few", 5)
     with pytest.raises(CalibrationError, match="only 5 frames") as info:
         load_calibration_set(few, bundle, (32, 32), 8, 4)
     assert "add at least" in str(info.value)
-    bad = _frames(tmp_path / "bad", 10)
+    bad = noise_frames(tmp_path / "bad", 10)
     (bad / "f005.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(CalibrationError, match=r"unreadable calibration file f005\.png") as info:
+    with pytest.raises(
+        CalibrationError, match=r"unreadable (calibration|frame) file f005\.png"
+    ) as info:
         load_calibration_set(bad, bundle, (32, 32), 8, 2)
     assert str(bad) in str(info.value)
 
@@ -133,9 +117,7 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def test_recipes_shape_the_graph(
-    tiny: tuple[ModelBundle, PreparedModel, CalibrationSet], tmp_path: Path
-) -> None:
+def test_recipes_shape_the_graph(tiny: Tiny, tmp_path: Path) -> None:
     _, prepared, calib = tiny
     cache = tmp_path / "cache"
     graphs = {}
@@ -187,9 +169,7 @@ def test_recipes_shape_the_graph(
     assert set(RECIPES) == {"tensorrt", "onnxruntime"}
 
 
-def test_calibration_cache_hit_skips_recalibration(
-    tiny: tuple[ModelBundle, PreparedModel, CalibrationSet], tmp_path: Path
-) -> None:
+def test_calibration_cache_hit_skips_recalibration(tiny: Tiny, tmp_path: Path) -> None:
     _, prepared, calib = tiny
     cache = tmp_path / "cache"
     first = quantize(
@@ -237,9 +217,7 @@ def test_calibration_cache_hit_skips_recalibration(
     assert len(list((cache / "calib").glob("*.json"))) == 2
 
 
-def test_keep_float_node_stays_float(
-    tiny: tuple[ModelBundle, PreparedModel, CalibrationSet], tmp_path: Path
-) -> None:
+def test_keep_float_node_stays_float(tiny: Tiny, tmp_path: Path) -> None:
     _, prepared, calib = tiny
     q = quantize(
         prepared,
@@ -269,9 +247,7 @@ def test_keep_float_node_stays_float(
         )
 
 
-def test_unknown_recipe(
-    tiny: tuple[ModelBundle, PreparedModel, CalibrationSet], tmp_path: Path
-) -> None:
+def test_unknown_recipe(tiny: Tiny, tmp_path: Path) -> None:
     _, prepared, calib = tiny
     with pytest.raises(ModelError, match="unknown quantization recipe"):
         quantize(prepared, calib, recipe="tflite", method="minmax", work_dir=tmp_path)
@@ -320,7 +296,7 @@ def _yolo_setup(
     """The yolo-like bundle prepared and calibrated, and its float output on a held-out frame."""
     bundle = load_bundle(make_bundle(tmp_path, yolo_like()))
     prepared = prepare(bundle, profile, tmp_path / "w")
-    calib = load_calibration_set(_frames(tmp_path / "calib", 10), bundle, (32, 32), 8, 2)
+    calib = load_calibration_set(noise_frames(tmp_path / "calib", 10), bundle, (32, 32), 8, 2)
     return prepared, calib, _run(prepared.path, calib.heldout[0])
 
 
@@ -439,7 +415,7 @@ def test_real_detector_int8_keeps_scores_and_boxes(
         work_dir=tmp_path / "q",
         cache_dir=tmp_path,
     )
-    assert _anchor_agreement(prepared.path, q.path, calib.heldout) >= 0.95
+    assert _anchor_agreement(prepared.path, q.path, list(calib.heldout)) >= 0.95
     # TensorRT's symmetric S8 recipe would wipe out the sigmoid scores concatenated with pixel
     # boxes under one scale; the decode head is the float tail, so those Concats stay float.
     trt = quantize(
@@ -453,7 +429,7 @@ def test_real_detector_int8_keeps_scores_and_boxes(
     model = onnx.load(str(prepared.path))
     producer = next(n for n in model.graph.node if "output0" in n.output)
     assert producer.name in trt.excluded_nodes
-    assert _anchor_agreement(prepared.path, trt.path, calib.heldout) >= 0.95
+    assert _anchor_agreement(prepared.path, trt.path, list(calib.heldout)) >= 0.95
 
 
 def test_frame_reader_strided_range() -> None:

@@ -18,11 +18,14 @@ from agent.engine.calibration import load_calibration_set
 from agent.engine.prepare import prepare
 from agent.engine.quantize.entry import quantize
 from tests.assets import CALIB, MODELS
-from tests.engine.test_engine_quantize import _frames
-from tests.fakes.fake_tensorrt import dequantize_input_errors
+from tests.fakes.tensorrt.onnx_rules import (
+    FUSED_OPS,
+    consumers_of,
+    dequantize_input_errors,
+    producer_map,
+)
+from tests.helpers.engine_util import noise_frames
 from tests.helpers.onnx_models import convnet, make_bundle
-
-_FUSED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def graphs(
     root = tmp_path_factory.mktemp("qdq")
     bundle = load_bundle(make_bundle(root, convnet()))
     prepared = prepare(bundle, cpu_profile, root / "work")
-    calib = load_calibration_set(_frames(root / "calib", 12), bundle, (32, 32), 8, 4)
+    calib = load_calibration_set(noise_frames(root / "calib", 12), bundle, (32, 32), 8, 4)
     out: dict[str, onnx.ModelProto] = {}
     for recipe in ("tensorrt", "onnxruntime"):
         q = quantize(
@@ -47,14 +50,6 @@ def graphs(
         )
         out[recipe] = onnx.load(str(q.path))
     return out
-
-
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in model.graph.node for o in n.output}
-
-
-def _consumers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if name in n.input]
 
 
 def test_no_int32_into_dequantize_linear(graphs: dict[str, onnx.ModelProto]) -> None:
@@ -78,10 +73,17 @@ def test_the_fake_parser_rejects_the_int32_bias_ort_writes_by_default(
     # (and its U8 activations, which TensorRT does not take either)
     errors = [m for _, m in dequantize_input_errors(graphs["onnxruntime"].graph, 10)]
     assert all("only activation types allowed as input to this layer" in m for m in errors)
-    assert {m.split(":")[0] for m in errors if m.endswith("is INT32)")} >= {
-        "b1_DequantizeLinear",
-        "b2_DequantizeLinear",
+    # every Conv bias is an INT32 initializer behind a DequantizeLinear (names vary: bias
+    # correction writes corrected biases under new names)
+    int32 = {m.split(":")[0] for m in errors if m.endswith("is INT32)")}
+    model = graphs["onnxruntime"]
+    dq_of = {n.output[0]: n.name for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    bias_dqs = {
+        dq_of[node.input[2]]
+        for node in model.graph.node
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in dq_of
     }
+    assert len(bias_dqs) >= 2 and bias_dqs <= int32
 
 
 def test_weights_are_per_channel_s8_on_the_output_channel_axis(
@@ -89,9 +91,9 @@ def test_weights_are_per_channel_s8_on_the_output_channel_axis(
 ) -> None:
     model = graphs["tensorrt"]
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    producers = _producers(model)
+    producers = producer_map(model)
     expected_axis = {"Conv": 0, "ConvTranspose": 1}
-    weighted = [n for n in model.graph.node if n.op_type in _FUSED]
+    weighted = [n for n in model.graph.node if n.op_type in FUSED_OPS]
     assert {n.op_type for n in weighted} == {"Conv", "Gemm"}
     for node in weighted:
         dq = producers[node.input[1]]
@@ -106,18 +108,18 @@ def test_weights_are_per_channel_s8_on_the_output_channel_axis(
 def test_no_output_qdq_after_fused_layers(graphs: dict[str, onnx.ModelProto]) -> None:
     model = graphs["tensorrt"]
     for node in model.graph.node:
-        if node.op_type in _FUSED:
-            for consumer in _consumers(model, node.output[0]):
+        if node.op_type in FUSED_OPS:
+            for consumer in consumers_of(model, node.output[0]):
                 assert consumer.op_type != "QuantizeLinear", f"{node.name} -> {consumer.name}"
     # Conv -> Relu stays adjacent (TensorRT fuses Conv+ReLU); the next layer's Q/DQ follows Relu
     names = {n.name: n for n in model.graph.node}
     for conv, relu in (("conv1", "relu1"), ("conv2", "relu2")):
-        assert [c.name for c in _consumers(model, names[conv].output[0])] == [relu]
+        assert [c.name for c in consumers_of(model, names[conv].output[0])] == [relu]
 
 
 def test_residual_add_has_qdq_on_both_inputs(graphs: dict[str, onnx.ModelProto]) -> None:
     model = graphs["tensorrt"]
-    producers = _producers(model)
+    producers = producer_map(model)
     add = next(n for n in model.graph.node if n.name == "add1")
     for name in add.input:
         dq = producers[name]
@@ -136,7 +138,7 @@ def test_bundled_detector_tensorrt_qdq_parses_and_keeps_fusions(
     )
     model = onnx.load(str(q.path))
     assert dequantize_input_errors(model.graph, 10) == []
-    producers = _producers(model)
+    producers = producer_map(model)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantized = [n for n in convs if producers.get(n.input[1], n).op_type == "DequantizeLinear"]
     assert quantized
@@ -144,5 +146,5 @@ def test_bundled_detector_tensorrt_qdq_parses_and_keeps_fusions(
         dq = producers[node.input[1]]
         assert next(a.i for a in dq.attribute if a.name == "axis") == 0
     for node in model.graph.node:
-        if node.op_type in _FUSED:
-            assert all(c.op_type != "QuantizeLinear" for c in _consumers(model, node.output[0]))
+        if node.op_type in FUSED_OPS:
+            assert all(c.op_type != "QuantizeLinear" for c in consumers_of(model, node.output[0]))

@@ -209,3 +209,21 @@ def test_gate_report_json_roundtrip() -> None:
     assert back.chosen == "int8"
     assert back.results["int8"].p50_ms == pytest.approx(1.0)
     assert back.table_rows()[0][0] == "int8 *"
+
+
+def test_old_manifests_without_task_metrics_still_load() -> None:
+    report = GateReport(
+        task="classify",
+        frames=32,
+        reference="fp32",
+        results={"int8": _result("int8", True, 1.0)},
+        requested="auto",
+        chosen="int8",
+    )
+    data = report.to_json()
+    for key in ("reference_metric", "power", "notes", "heldout"):
+        data.pop(key)
+    data["results"]["int8"].pop("task_metric")
+    back = GateReport.from_json(data)
+    assert back.reference_metric is None and back.power is None and back.notes == []
+    assert back.results["int8"].task_metric is None and back.summary_lines() == []

@@ -65,7 +65,9 @@ class AgxJtop:
 
 
 def test_jtop_agx_power_temps_and_cpu(tmp_path: Path) -> None:
-    s = JtopSource(AgxJtop, meminfo=FIXTURES / "agx-orin/proc/meminfo").read()
+    s = JtopSource(
+        AgxJtop, meminfo=FIXTURES / "agx-orin/proc/meminfo", root=FIXTURES / "agx-orin"
+    ).read()
     assert "ucsi-source-psy-1-00081" not in s.power_w
     assert s.board_power_w == pytest.approx(2.394 + 0.402 + 0.298)  # no USB-PD, no VIN_SYS_5V0
     assert s.temps_c == {"cpu": 52.0}  # no PMIC dummy, no fan estimate, no NVMe drive
@@ -74,7 +76,7 @@ def test_jtop_agx_power_temps_and_cpu(tmp_path: Path) -> None:
 
 
 def test_jtop_memory_falls_back_to_jtop_fields(tmp_path: Path) -> None:
-    s = JtopSource(AgxJtop, meminfo=tmp_path / "missing").read()
+    s = JtopSource(AgxJtop, meminfo=tmp_path / "missing", root=tmp_path).read()
     assert s.memory.total_mib == pytest.approx(1000 / 1024)
     assert s.memory.available_mib is None
     assert s.memory.used_pct == pytest.approx(1.0)
@@ -110,3 +112,19 @@ def test_agx_orin_32gb_in_mode_50w_is_not_over_budget_at_35w() -> None:
     assert governor.last_reading is not None
     assert governor.last_reading["power_budget_w"] == 50.0
     assert governor.state == GovernorState.NORMAL
+
+
+def test_jtop_samples_carry_the_over_current_flags(sysfs_root: Any) -> None:
+    """jtop reports no over-current counters; the jtop source reads them from sysfs like the
+    sysfs source, so the governor sees an OC3 event whichever source runs."""
+    root = sysfs_root("agx-orin")
+    jtop, sysfs = JtopSource(AgxJtop, root=root), SysfsSource(root)
+    assert "oc3" not in jtop.read().throttling  # first read: no evidence yet
+    sysfs.read()
+    counter = root / "sys/class/hwmon/hwmon2/oc3_event_cnt"
+    counter.write_text(f"{int(counter.read_text()) + 2}\n")
+    flags, board = jtop.read().throttling, sysfs.read().throttling
+    assert flags["oc3"] is True and flags["oc1"] is False and flags["oc_alarm"] is True
+    assert {k: v for k, v in flags.items() if k != "oc_alarm"} == {
+        k: v for k, v in board.items() if k != "oc_alarm"
+    }

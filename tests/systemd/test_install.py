@@ -62,6 +62,8 @@ def test_install_twice_gives_the_same_tree(root: Path) -> None:
 
     unit = (root / "etc/systemd/system/edge-agent.service").read_text()
     assert unit == (REPO / "systemd/edge-agent.service").read_text()
+    power = (root / "etc/systemd/system/edge-agent-gpu-power.service").read_text()
+    assert power == (REPO / "systemd/edge-agent-gpu-power.service").read_text()
     dropin = (root / "etc/systemd/system/edge-agent.service.d/10-groups.conf").read_text()
     assert "SupplementaryGroups=render jtop" in dropin
     config = root / "etc/edge-agent/agent.yaml"
@@ -71,6 +73,7 @@ def test_install_twice_gives_the_same_tree(root: Path) -> None:
     assert (root / "var/lib/edge-agent/models/shapes-det/model.yaml").is_file()
     assert (root / "var/cache/edge-agent").is_dir()
     assert (root / "opt/edge-agent/share/doc/edge-agent/systemd-README.md").is_file()
+    assert (root / "opt/edge-agent/share/doc/edge-agent/jetson-devices.md").is_file()
 
     # The installed config is valid once its paths point into the staged root.
     staged = root / "agent.yaml"
@@ -140,12 +143,16 @@ def test_the_venv_step_uses_system_site_packages(root: Path) -> None:
     venv = root / "opt/edge-agent/venv"
     assert f"-m venv --system-site-packages {venv}" in proc.stdout
     assert f"{venv}/bin/python -m pip" in proc.stdout and str(REPO) in proc.stdout
+    # pip is bounded by the constraints generated from the system's numpy, then cv2 is checked.
+    assert f"--constraint {venv}/edge-agent-constraints.txt {REPO}" in proc.stdout
+    assert f"{venv}/bin/python {REPO}/scripts/device_python.py check" in proc.stdout
 
 
 def test_uninstall_keeps_config_and_state_and_purge_removes_them(root: Path) -> None:
     _install("--root", str(root), "--no-venv")
     _install("--root", str(root), "--uninstall")
     assert not (root / "etc/systemd/system/edge-agent.service").exists()
+    assert not (root / "etc/systemd/system/edge-agent-gpu-power.service").exists()
     assert not (root / "etc/systemd/system/edge-agent.service.d").exists()
     assert not (root / "etc/sysusers.d/edge-agent.conf").exists()
     assert not (root / "opt/edge-agent").exists()

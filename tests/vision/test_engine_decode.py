@@ -27,6 +27,16 @@ def test_softmax_is_stable_for_large_logits() -> None:
     assert np.isfinite(probs).all()
 
 
+def test_topk_of_probabilities_keeps_them_as_they_are() -> None:
+    probs_in = np.array([[0.1, 0.7, 0.2, 0.0], [0.05, 0.05, 0.3, 0.6]], np.float32)
+    ids, probs = softmax_topk(probs_in, 2, apply_softmax=False)
+    assert ids.tolist() == [[1, 2], [3, 2]]
+    np.testing.assert_array_equal(probs, np.array([[0.7, 0.2], [0.6, 0.3]], np.float32))
+    _, doubled = softmax_topk(probs_in, 2)  # a second softmax flattens them
+    assert doubled[0, 0] < 0.4
+    assert probs_in[0, 1] == np.float32(0.7)  # the input is not modified
+
+
 def test_box_iou() -> None:
     a = np.array([[0, 0, 10, 10], [0, 0, 0, 0]], np.float32)
     b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)

@@ -1,13 +1,36 @@
-"""CUDA memory: device buffers, page-locked (pinned) host buffers and async copies between them."""
+"""CUDA memory: device buffers, page-locked (pinned) host buffers, mapped (zero-copy) pinned
+buffers for integrated GPUs and async copies between host and device.
+
+Zero-copy on an integrated GPU (:func:`zero_copy_staging`). On a Jetson the CPU and the iGPU share
+one SoC DRAM (NVIDIA, "CUDA for Tegra" application note, Memory Management: "both the CPU (Host)
+and the iGPU share SoC DRAM memory"); its Porting Considerations, Memory Selection, recommend
+pinned or unified memory to cut the CPU-iGPU transfer overhead because both are directly
+accessible from the CPU and the iGPU. The CUDA C++ Best Practices Guide ("Zero Copy") says the
+same for any GPU whose ``integrated`` property is 1: mapped pinned memory avoids superfluous copies
+because GPU and CPU memory are physically the same, while on a discrete GPU it pays only in some
+cases. A mapped buffer is ``cudaHostAlloc(..., cudaHostAllocMapped)`` with its device address from
+``cudaHostGetDevicePointer`` (CUDA Runtime API, Memory Management). Caveat from the same app note
+("Pinned Memory Guidelines on Tegra Systems with no I/O coherency"): before Xavier (Nano, TX1/TX2)
+pinned memory is not cached by the CPU, so CPU reads of it are slow; on Xavier/Orin (I/O coherent)
+the CPU caches it. Either way the iGPU does not cache pinned memory, which is why the choice must
+be measured on a board.
+"""
 
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from agent.backends.cuda.runtime import CudaResource, Stream, call, handle_int, load_cudart
+from agent.backends.cuda.runtime import (
+    CudaResource,
+    Stream,
+    call,
+    current_device,
+    handle_int,
+    load_cudart,
+)
 
 
 class DeviceBuffer(CudaResource):
@@ -41,6 +64,9 @@ class PinnedBuffer(CudaResource):
     ``array`` is valid until ``close()``; do not keep views of it past that.
     """
 
+    #: cudaHostAlloc flags: (cuda-python constant name, its value in cuda_runtime_api.h)
+    _FLAGS: ClassVar[tuple[tuple[str, int], ...]] = (("cudaHostAllocDefault", 0),)
+
     def __init__(self, shape: tuple[int, ...] | int, dtype: Any = np.float32):
         self._ptr: int | None = None
         self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(d) for d in shape)
@@ -50,7 +76,9 @@ class PinnedBuffer(CudaResource):
             count *= d
         self.nbytes = count * self.dtype.itemsize
         rt = load_cudart()
-        flags = int(getattr(rt, "cudaHostAllocDefault", 0))
+        flags = 0
+        for flag, value in self._FLAGS:
+            flags |= int(getattr(rt, flag, value))
         self._ptr = handle_int(call("cudaHostAlloc", max(self.nbytes, 1), flags))
         # Wrap as bytes first, then view as the dtype (as_ctypes_type has no float16 mapping).
         base = ctypes.cast(ctypes.c_void_p(self._ptr), ctypes.POINTER(ctypes.c_ubyte))
@@ -74,6 +102,44 @@ class PinnedBuffer(CudaResource):
             ptr, self._ptr = self._ptr, None
             del self._array
             call("cudaFreeHost", ptr)
+
+
+class MappedBuffer(PinnedBuffer):
+    """Pinned host memory mapped into the device address space (``cudaHostAllocMapped``): the
+    host writes and reads ``array``, kernels and TensorRT use ``device_ptr`` (from
+    ``cudaHostGetDevicePointer``); no device buffer, no copy. Read ``array`` only after the work
+    that writes it has completed (an event or stream synchronize)."""
+
+    _FLAGS: ClassVar[tuple[tuple[str, int], ...]] = (("cudaHostAllocMapped", 2),)
+
+    def __init__(self, shape: tuple[int, ...] | int, dtype: Any = np.float32):
+        self._device_ptr: int | None = None
+        super().__init__(shape, dtype)
+        # flags must be 0 (CUDA Runtime API, cudaHostGetDevicePointer).
+        self._device_ptr = handle_int(call("cudaHostGetDevicePointer", self.ptr, 0))
+
+    @property
+    def device_ptr(self) -> int:
+        if self._ptr is None or self._device_ptr is None:
+            raise RuntimeError("mapped buffer is closed")
+        return self._device_ptr
+
+    def close(self) -> None:
+        self._device_ptr = None
+        super().close()
+
+
+def zero_copy_staging(device: int | None = None) -> bool:
+    """True when host I/O staging should use :class:`MappedBuffer` (zero-copy) for ``device``
+    (default: the current one): an integrated GPU (``cudaDevAttrIntegrated``, CPU and GPU share
+    DRAM) that can map host memory (``cudaDevAttrCanMapHostMemory``). A discrete GPU keeps pinned
+    host + device buffers and async copies (module docstring: sources and caveats)."""
+    rt = load_cudart()
+    dev = current_device() if device is None else int(device)
+    attrs = rt.cudaDeviceAttr
+    integrated = int(call("cudaDeviceGetAttribute", attrs.cudaDevAttrIntegrated, dev))
+    can_map = int(call("cudaDeviceGetAttribute", attrs.cudaDevAttrCanMapHostMemory, dev))
+    return bool(integrated) and bool(can_map)
 
 
 def _host_ptr(array: np.ndarray, *, writable: bool) -> int:

@@ -17,6 +17,7 @@ a stream must be complete (``Stream.synchronize``) before a buffer it touches is
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 from types import ModuleType
 from typing import Any
@@ -117,13 +118,20 @@ def call(name: str, *args: Any) -> Any:
 
 
 def handle_int(obj: Any) -> int:
-    """Integer value of a cuda-python handle (cudaStream_t, cudaEvent_t) or pointer."""
+    """Integer value of a cuda-python handle (cudaStream_t, cudaEvent_t, CUcontext) or pointer.
+
+    ``int(handle)`` is the handle's value. The fallback for a handle without ``__int__`` must
+    not return ``getPtr()`` itself: cuda-python documents ``getPtr()`` as "Get memory address of
+    class instance", i.e. the address of the C variable that *holds* the handle (a
+    ``cudaStream_t*``), not the handle. The value is the pointer-sized word stored there.
+    """
     if isinstance(obj, int):
         return obj
     try:
         return int(obj)
     except TypeError:
-        return int(obj.getPtr())
+        address = int(obj.getPtr())
+        return int(ctypes.c_void_p.from_address(address).value or 0)
 
 
 def available() -> tuple[bool, str]:
@@ -193,11 +201,28 @@ class Stream(CudaResource):
 
 
 class Event(CudaResource):
-    """A CUDA event for timing (and ordering) work on a stream."""
+    """A CUDA event for ordering work on streams and waiting for it (and, with ``timing=True``,
+    for timing it).
 
-    def __init__(self) -> None:
+    By default the event is created with ``cudaEventDisableTiming | cudaEventBlockingSync``
+    (``cudaEventCreateWithFlags``). CUDA Runtime API, Event Management: an event without timing
+    "does not record timing data" and is the cheapest to record and query (the CUDA C++ Best
+    Practices Guide recommends it for synchronization-only events); with ``cudaEventBlockingSync``
+    a host thread in ``cudaEventSynchronize`` "will block until the event actually completes"
+    instead of spinning, which on a Jetson (CPU cores shared with the camera and the agent)
+    gives the core back. ``elapsed_ms`` needs ``timing=True``.
+    """
+
+    def __init__(self, *, timing: bool = False, blocking: bool = True) -> None:
         self._event: Any = None
-        self._event = call("cudaEventCreate")
+        self.timing = timing
+        rt = load_cudart()
+        flags = 0
+        if not timing:
+            flags |= int(getattr(rt, "cudaEventDisableTiming", 2))
+        if blocking:
+            flags |= int(getattr(rt, "cudaEventBlockingSync", 1))
+        self._event = call("cudaEventCreateWithFlags", flags)
 
     @property
     def raw(self) -> Any:
@@ -212,7 +237,9 @@ class Event(CudaResource):
         call("cudaEventSynchronize", self.raw)
 
     def elapsed_ms(self, end: Event) -> float:
-        """Milliseconds from this (recorded, completed) event to ``end``."""
+        """Milliseconds from this (recorded, completed) event to ``end`` (both ``timing=True``)."""
+        if not (self.timing and end.timing):
+            raise ValueError("elapsed_ms needs events created with timing=True")
         return float(call("cudaEventElapsedTime", self.raw, end.raw))
 
     def close(self) -> None:

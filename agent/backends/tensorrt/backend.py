@@ -12,7 +12,7 @@ from agent.backends.base import BuildRequest, BuildResult, OnnxFiles
 from agent.backends.tensorrt.build import build_engine
 from agent.backends.tensorrt.inspect import inspect_engine
 from agent.backends.tensorrt.loader import load_trt
-from agent.backends.tensorrt.plan import detect_capabilities
+from agent.backends.tensorrt.plan import detect_capabilities, offered_precisions
 from agent.backends.tensorrt.runner import TrtRunner
 from agent.core.errors import BackendUnavailable
 from agent.core.progress import ProgressFn, no_progress
@@ -22,7 +22,15 @@ class TensorRTBackend:
     """:class:`agent.backends.base.Backend` for TensorRT."""
 
     name = "tensorrt"
-    precisions: tuple[str, ...] = ("int8", "fp16", "fp32")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """int8, fp16, fp32; no fp16 on a TensorRT without the FP16 builder flag (11.x, see
+        :func:`~agent.backends.tensorrt.plan.offered_precisions`)."""
+        try:
+            return offered_precisions(detect_capabilities(load_trt()))
+        except BackendUnavailable:
+            return ("int8", "fp16", "fp32")
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -31,6 +39,11 @@ class TensorRTBackend:
             return False, str(exc)
         if not (caps.io_tensors_api or caps.bindings_api) or not caps.memory_pool_api:
             return False, f"TensorRT {caps.version} is too old (need 8.6 or newer)"
+        if "fp16" not in offered_precisions(caps):
+            return True, (
+                f"TensorRT {caps.version} (strongly typed: fp16 not offered, no FP16 builder "
+                "flag; convert the ONNX with Model Optimizer AutoCast for FP16)"
+            )
         return True, f"TensorRT {caps.version}"
 
     def version(self) -> str:

@@ -22,11 +22,13 @@ from agent.backends.tensorrt.loader import (
 from agent.backends.tensorrt.network import (
     apply_profile,
     attach_timing_cache,
+    check_network_types,
     configure,
     create_network,
     parse_onnx,
 )
 from agent.backends.tensorrt.plan import BuildPlan, Capabilities, detect_capabilities, plan_build
+from agent.backends.tensorrt.pools import uncapped_note
 from agent.core.errors import BuildFailed
 from agent.core.fsutil import atomic_write_bytes
 from agent.core.progress import ProgressFn, no_progress
@@ -52,15 +54,26 @@ def _make_builder(request: BuildRequest, logger: trt.ILogger) -> trt.Builder:
     return builder
 
 
-@dataclass
+def resident_bytes() -> int:
+    """This process's resident memory (``VmRSS`` of ``/proc/self/status``); 0 where unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
+@dataclass(frozen=True)
 class _Serialized:
-    """The plan bytes and the TensorRT objects built with them (kept alive together)."""
+    """What a build leaves: the plan bytes, the logger and the timing cache bytes. The builder,
+    network, parser and config are *not* kept: they die when :func:`_serialize` returns."""
 
     data: bytes
     logger: trt.ILogger
-    builder: trt.Builder
-    network: trt.INetworkDefinition
-    config: trt.IBuilderConfig
+    timing_cache: bytes | None
     cache_loaded: bool
 
 
@@ -73,8 +86,9 @@ def _serialize(
     builder = _make_builder(request, logger)
     network = create_network(builder, plan)
     parser = parse_onnx(network, logger, request.onnx_path)
+    check_network_types(network, plan, request.onnx_path)
     config = builder.create_builder_config()
-    configure(config, caps, plan)
+    configure(config, caps, plan, resident_bytes())
     apply_profile(builder, network, config, plan, request.onnx_path)
     cache_loaded = False
     if plan.timing_cache is not None:
@@ -84,8 +98,16 @@ def _serialize(
     if is_none(serialized):
         raise _build_failed(request, messages(logger))
     data = bytes(memoryview(serialized))
-    del parser
-    return _Serialized(data, logger, builder, network, config, cache_loaded)
+    del serialized
+    cache = None
+    if plan.timing_cache is not None:
+        cache = bytes(memoryview(config.get_timing_cache().serialize()))
+    # The parser holds weights the network references (onnx-tensorrt: keep the parser alive
+    # until the build is done); after it, parser, network, config and builder go, in that
+    # order, when this frame ends: nothing of the builder stays alive while the engine is
+    # deserialized for inspection (on unified memory that would add straight to the peak).
+    del parser, network, config, builder
+    return _Serialized(data, logger, cache, cache_loaded)
 
 
 def build_engine(request: BuildRequest, progress: ProgressFn = no_progress) -> BuildResult:
@@ -102,9 +124,8 @@ def build_engine(request: BuildRequest, progress: ProgressFn = no_progress) -> B
     engine_path = request.out_dir / ENGINE_FILE
     atomic_write_bytes(engine_path, data)
     progress("build", 0.9, f"wrote {engine_path} ({len(data) / MIB:.1f} MiB)")
-    if plan.timing_cache is not None:
-        cache_bytes = bytes(memoryview(built.config.get_timing_cache().serialize()))
-        atomic_write_bytes(plan.timing_cache, cache_bytes)
+    if plan.timing_cache is not None and built.timing_cache is not None:
+        atomic_write_bytes(plan.timing_cache, built.timing_cache)
 
     _runtime, engine = deserialize(logger, data, engine_path, plan.dla_core)
     inputs, outputs = io_specs(engine, caps)
@@ -116,6 +137,9 @@ def build_engine(request: BuildRequest, progress: ProgressFn = no_progress) -> B
         "timing_cache_loaded": built.cache_loaded,
         "warnings": messages(logger).warnings[-20:],
     }
+    note = uncapped_note(plan, caps.memory_pools)
+    if note:
+        info["memory_note"] = note
     progress("build", 1.0, "engine built")
     return BuildResult(
         main_file=ENGINE_FILE,

@@ -8,6 +8,7 @@ from pathlib import Path
 from agent.backends.base import InputShapes
 from agent.backends.tensorrt.loader import dims, trt
 from agent.backends.tensorrt.plan import BuildPlan, Capabilities
+from agent.backends.tensorrt.pools import pool_limits
 from agent.core.errors import BackendUnavailable, BuildFailed
 from agent.core.progress import ProgressFn
 
@@ -111,14 +112,20 @@ def apply_profile(
         config.add_optimization_profile(profile)
 
 
-def configure(config: trt.IBuilderConfig, caps: Capabilities, plan: BuildPlan) -> None:
-    """Workspace, builder flags, optimization level, profiling verbosity and DLA."""
+def configure(
+    config: trt.IBuilderConfig, caps: Capabilities, plan: BuildPlan, resident_bytes: int = 0
+) -> None:
+    """Memory pools (:func:`~agent.backends.tensorrt.pools.pool_limits`), builder flags,
+    optimization level, profiling verbosity and DLA."""
     if not caps.memory_pool_api:
         raise BackendUnavailable(
             f"TensorRT {caps.version} lacks set_memory_pool_limit",
             fix="install TensorRT 8.6 or newer from JetPack",
         )
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    for pool_name, limit in pool_limits(plan, caps.memory_pools, resident_bytes).items():
+        # By name: TACTIC_DRAM exists from 8.6 only; caps.memory_pools lists those present.
+        pool: trt.MemoryPoolType = getattr(trt.MemoryPoolType, pool_name)
+        config.set_memory_pool_limit(pool, limit)
     for name in plan.builder_flags:
         # By name: INT8/FP16 exist only where caps.int8_fp16_flags (≤ 10.x); plan_build checked.
         flag: trt.BuilderFlag = getattr(trt.BuilderFlag, name)
@@ -150,3 +157,47 @@ def attach_timing_cache(config: trt.IBuilderConfig, path: Path, progress: Progre
         empty = config.create_timing_cache(b"")  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType, reportUnknownVariableType]
         config.set_timing_cache(empty, ignore_mismatch=False)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType, reportUnknownVariableType]
     return loaded
+
+
+def _layer_types(network: trt.INetworkDefinition) -> set[str]:
+    """Data types (``DataType`` names) of every layer output of the parsed network."""
+    found: set[str] = set()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            found.add(str(layer.get_output(j).dtype.name))
+    return found
+
+
+def check_network_types(network: trt.INetworkDefinition, plan: BuildPlan, onnx_path: Path) -> None:
+    """On a strongly typed network the tensor types *are* the precision (no FP16/INT8 flags),
+    so check them against what was asked, before the (long) build:
+
+    * ``fp16`` needs FP16 tensors: otherwise the "fp16" engine would be the FP32 one and the
+      gate would compare FP32 with FP32 (TensorRT 10.x→11.x migration: FP16 is "strong typing
+      with ModelOpt AutoCast").
+    * a DLA build needs FP16 or INT8 tensors: "Strongly Typed Networks for DLA" (11.4) — the
+      precision comes from the network's types and the DLA computes only FP16/INT8.
+    """
+    if not plan.strongly_typed:
+        return
+    types = _layer_types(network)
+    autocast = (
+        "convert the ONNX to FP16 with NVIDIA Model Optimizer AutoCast "
+        "(python3 -m modelopt.onnx.autocast --low_precision_type fp16 --onnx_path IN "
+        "--output_path OUT), or build int8"
+    )
+    if plan.precision == "fp16" and "HALF" not in types:
+        raise BuildFailed(
+            "TensorRT is strongly typed here (no FP16 builder flag) and this ONNX computes in "
+            "FP32, so an 'fp16' engine would be FP32",
+            fix=autocast + " or fp32",
+            path=onnx_path,
+        )
+    if plan.device_type == "DLA" and not types & {"HALF", "INT8"}:
+        raise BuildFailed(
+            "the DLA runs only FP16 and INT8, and on a strongly typed TensorRT this network's "
+            "tensors are all FP32 (precision comes from the graph's types)",
+            fix=autocast + " (add --target_dla), or build for the GPU",
+            path=onnx_path,
+        )

@@ -11,7 +11,7 @@ decision            8.6             10.x                          11.x
 ==================  ==============  ============================  ========================
 network flags       EXPLICIT_BATCH  none (EXPLICIT_BATCH ignored) STRONGLY_TYPED
 int8 (Q/DQ graph)   INT8 + FP16     INT8 + FP16                   none (types from Q/DQ)
-fp16                FP16            FP16                          none (ONNX must be fp16)
+fp16                FP16            FP16                          not offered (see below)
 fp32                none            none                          none
 I/O at run time     tensor names    tensor names                  tensor names
 ==================  ==============  ============================  ========================
@@ -19,6 +19,18 @@ I/O at run time     tensor names    tensor names                  tensor names
 Workspace (``set_memory_pool_limit(WORKSPACE)``), one optimization profile, the timing cache,
 ``builder_optimization_level``, DLA and ``ProfilingVerbosity.DETAILED`` are the same on all three.
 A DLA build pins the profile to opt (min = opt = max): the DLA has no dynamic shapes.
+
+FP16 on 11.x: TensorRT 11 removed ``BuilderFlag.FP16``; NVIDIA's migration table
+("Migrating from TensorRT 10.x to 11.x", removed Python APIs) gives "Strong typing with ModelOpt
+AutoCast" as its replacement, and "Strongly Typed Networks for DLA" (11.4) says "an ONNX model
+that was never converted to FP16 keeps its original tensor types, so converting the model is what
+enables FP16 compute". The agent does not convert models (that would be AutoCast's job, outside
+this package), so on 11.x ``fp16`` is not offered (:func:`offered_precisions`) and a direct fp16
+build is accepted only when the parsed network really computes in FP16
+(:func:`agent.backends.tensorrt.network.check_network_types`). The same check refuses a strongly
+typed DLA build with no FP16/INT8 tensor: the DLA runs only FP16 and INT8.
+
+Memory pools: see :mod:`agent.backends.tensorrt.pools` (WORKSPACE, TACTIC_DRAM, DLA pools).
 """
 
 from __future__ import annotations
@@ -48,6 +60,14 @@ class Capabilities:
     builder_optimization_level: bool = True
     engine_inspector: bool = True
     timing_cache: bool = True
+    #: the ``MemoryPoolType`` members this TensorRT has (TACTIC_DRAM from 8.6)
+    memory_pools: tuple[str, ...] = (
+        "WORKSPACE",
+        "DLA_MANAGED_SRAM",
+        "DLA_LOCAL_DRAM",
+        "DLA_GLOBAL_DRAM",
+        "TACTIC_DRAM",
+    )
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,6 +92,8 @@ def detect_capabilities(trt: ModuleType) -> Capabilities:
     * ``builder_optimization_level``: ``IBuilderConfig.builder_optimization_level`` (8.6+).
     * ``engine_inspector``: ``ICudaEngine.create_engine_inspector`` (8.2+).
     * ``timing_cache``: ``IBuilderConfig.create_timing_cache`` (8.0+).
+    * ``memory_pools``: the members of ``MemoryPoolType`` present (``TACTIC_DRAM`` is 8.6+,
+      ``TACTIC_SHARED_MEMORY`` 10.0+).
     """
     ndcf = getattr(trt, "NetworkDefinitionCreationFlag", None)
     builder = getattr(trt, "Builder", None)
@@ -91,7 +113,20 @@ def detect_capabilities(trt: ModuleType) -> Capabilities:
         builder_optimization_level=hasattr(config, "builder_optimization_level"),
         engine_inspector=hasattr(engine, "create_engine_inspector"),
         timing_cache=hasattr(config, "create_timing_cache"),
+        memory_pools=tuple(
+            name
+            for name in (*Capabilities.memory_pools, "TACTIC_SHARED_MEMORY")
+            if hasattr(getattr(trt, "MemoryPoolType", None), name)
+        ),
     )
+
+
+def offered_precisions(caps: Capabilities) -> tuple[str, ...]:
+    """The precisions the backend offers: no fp16 where TensorRT has no FP16 builder flag (11.x:
+    the ONNX would have to be converted first; see the module docstring)."""
+    if caps.int8_fp16_flags:
+        return ("int8", "fp16", "fp32")
+    return ("int8", "fp32")
 
 
 @dataclass(frozen=True)
@@ -108,6 +143,9 @@ class BuildPlan:
     timing_cache: Path | None
     strongly_typed: bool
     profiling_verbosity: str = "DETAILED"
+    precision: str = "fp32"
+    #: the build child's memory cap (:attr:`BuildRequest.memory_cap_mib`), None when not given
+    memory_cap_bytes: int | None = None
     notes: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -122,6 +160,8 @@ class BuildPlan:
             "timing_cache": str(self.timing_cache) if self.timing_cache else None,
             "strongly_typed": self.strongly_typed,
             "profiling_verbosity": self.profiling_verbosity,
+            "precision": self.precision,
+            "memory_cap_bytes": self.memory_cap_bytes,
             "notes": list(self.notes),
         }
 
@@ -168,8 +208,8 @@ def _plan_precision(request: BuildRequest, caps: Capabilities, draft: _Draft) ->
             )
         elif request.precision == "fp16":
             draft.notes.append(
-                "strongly typed: fp16 requires an fp16 ONNX (the engine module converts it); "
-                "no FP16 builder flag exists"
+                "strongly typed: no FP16 builder flag exists; fp16 builds only from an ONNX "
+                "already converted to FP16 (Model Optimizer AutoCast), checked after parsing"
             )
     elif request.precision == "int8":
         # Explicit quantization still needs INT8 on ≤ 10.x; FP16 lets the layers that stay
@@ -278,5 +318,7 @@ def plan_build(request: BuildRequest, caps: Capabilities) -> BuildPlan:
         dla_core=request.dla_core,
         timing_cache=cache,
         strongly_typed=strongly_typed,
+        precision=request.precision,
+        memory_cap_bytes=None if request.memory_cap_mib is None else request.memory_cap_mib * MIB,
         notes=tuple(draft.notes),
     )

@@ -1,5 +1,8 @@
-"""The TensorRT runner: one engine, one execution context, one CUDA stream, grow-only device and
-pinned host buffers per tensor; inputs are host arrays or :class:`DeviceTensor` bindings."""
+"""The TensorRT runner: a leased shared engine (:mod:`.engines`), its own execution context and
+CUDA stream, grow-only device and pinned host buffers per tensor (on an integrated GPU, mapped
+pinned buffers that TensorRT reads and writes in place, no copies: see
+:mod:`agent.backends.cuda.memory`), an ``IOutputAllocator`` for outputs with data-dependent shapes
+(:mod:`.outputs`); inputs are host arrays or :class:`DeviceTensor` bindings."""
 
 from __future__ import annotations
 
@@ -13,18 +16,10 @@ from numpy.typing import NDArray
 from agent.backends.base import DeviceTensor, RunnerBase, TensorSpec, summarize_layer_times
 from agent.backends.cuda import memory as cuda_memory
 from agent.backends.cuda import runtime as cuda_runtime
+from agent.backends.tensorrt.engines import SHARED, EngineLease, SharedEngines
 from agent.backends.tensorrt.inspect import inspector_layers, io_specs
-from agent.backends.tensorrt.loader import (
-    LayerTimes,
-    deserialize,
-    dims,
-    is_none,
-    load_trt,
-    make_logger,
-    make_profiler,
-    read_engine,
-    trt,
-)
+from agent.backends.tensorrt.loader import LayerTimes, dims, is_none, load_trt, make_profiler, trt
+from agent.backends.tensorrt.outputs import make_output_allocator
 from agent.backends.tensorrt.plan import Capabilities, detect_capabilities
 from agent.core.errors import BackendUnavailable
 
@@ -34,8 +29,11 @@ class CudaLayer:
     tests inject a fake with the same names."""
 
     Stream = cuda_runtime.Stream
+    Event = cuda_runtime.Event
     DeviceBuffer = cuda_memory.DeviceBuffer
     PinnedBuffer = cuda_memory.PinnedBuffer
+    MappedBuffer = cuda_memory.MappedBuffer
+    zero_copy_staging = staticmethod(cuda_memory.zero_copy_staging)
     copy_htod_async = staticmethod(cuda_memory.copy_htod_async)
     copy_dtoh_async = staticmethod(cuda_memory.copy_dtoh_async)
 
@@ -67,12 +65,19 @@ def _outside_profile(spec: TensorSpec, shape: tuple[int, ...]) -> ValueError:
 
 
 class TrtRunner(RunnerBase):
-    """Runs one serialized engine: one execution context, one CUDA stream, grow-only device and
-    pinned host buffers per tensor. Not thread-safe: give each worker its own runner.
+    """Runs one serialized engine: the engine is leased from ``engines`` (one deserialized copy
+    per plan file for the whole process), the runner owns one execution context, one CUDA stream,
+    grow-only device and pinned host buffers per tensor. Not thread-safe: give each worker its
+    own runner (TensorRT: one execution context per concurrently used thread/stream).
 
     ``dla_core``: the DLA core the engine was built for (``Runtime.DLA_core`` is set to it before
     deserializing); None for GPU engines. ``cuda`` is the CUDA layer (:data:`CUDA` by default);
-    tests inject a fake.
+    tests inject a fake. ``engines``: the shared store (:data:`~.engines.SHARED` by default).
+
+    ``zero_copy``: stage host inputs/outputs in mapped pinned memory that TensorRT reads and
+    writes in place (no device buffer, no copies); None (default) asks the CUDA layer's
+    ``zero_copy_staging()`` (True on an integrated GPU such as a Jetson's, see
+    :mod:`agent.backends.cuda.memory`); False keeps pinned + device buffers and async copies.
     """
 
     def __init__(
@@ -83,6 +88,8 @@ class TrtRunner(RunnerBase):
         threads: int = 0,
         dla_core: int | None = None,
         cuda: Any = None,
+        engines: SharedEngines | None = None,
+        zero_copy: bool | None = None,
     ) -> None:
         self.path = artifact_dir / main_file
         self.threads = threads  # TensorRT runs on the GPU; kept for the Runner signature
@@ -90,13 +97,23 @@ class TrtRunner(RunnerBase):
         self._cuda: Any = cuda
         self._profile: LayerTimes | None = None
         self._caps = Capabilities()
-        self._logger: trt.ILogger | None = None
-        self._runtime: trt.Runtime | None = None
+        self._engines = engines if engines is not None else SHARED
+        self._lease: EngineLease | None = None
         self._engine: trt.ICudaEngine | None = None
         self._context: trt.IExecutionContext | None = None
         self._stream: Any = None
+        self._done: Any = None
+        self._allocator: Any = None
+        self._allocated: set[str] = set()
         self._device: dict[str, Any] = {}
         self._host: dict[str, Any] = {}
+        self._zero_copy_wanted = zero_copy
+        self._zero_copy = False
+
+    @property
+    def zero_copy(self) -> bool:
+        """Whether this (active) runner stages I/O in mapped host memory without copies."""
+        return self._zero_copy
 
     @property
     def active(self) -> bool:
@@ -108,18 +125,27 @@ class TrtRunner(RunnerBase):
         self._caps = detect_capabilities(load_trt())
         if self._cuda is None:
             self._cuda = CUDA
-        data = read_engine(self.path)
-        self._logger = make_logger()
-        self._runtime, self._engine = deserialize(self._logger, data, self.path, self.dla_core)
-        context = self._engine.create_execution_context()
-        if is_none(context):
-            raise BackendUnavailable(
-                "TensorRT could not create an execution context (device memory exhausted?)",
-                fix="stop other GPU work or lower the worker count in the device profile",
-            )
-        inputs, outputs = io_specs(self._engine, self._caps)
+        lease = self._engines.acquire(self.path, self.dla_core)
+        try:
+            context = lease.engine.create_execution_context()
+            if is_none(context):
+                raise BackendUnavailable(
+                    "TensorRT could not create an execution context (device memory exhausted?)",
+                    fix="stop other GPU work or lower the worker count in the device profile",
+                )
+            inputs, outputs = io_specs(lease.engine, self._caps)
+            self._stream = self._cuda.Stream()
+            # Waiting on a blocking-sync event, not cudaStreamSynchronize: the host thread sleeps
+            # instead of spinning (see agent.backends.cuda.runtime.Event).
+            self._done = self._cuda.Event()
+            wanted = self._zero_copy_wanted
+            self._zero_copy = self._cuda.zero_copy_staging() if wanted is None else wanted
+        except BaseException:
+            self._close_cuda()
+            self._engines.release(lease)
+            raise
+        self._lease, self._engine = lease, lease.engine
         self._inputs, self._outputs = tuple(inputs), tuple(outputs)
-        self._stream = self._cuda.Stream()
         self._context = context
 
     def deactivate(self) -> None:
@@ -127,54 +153,102 @@ class TrtRunner(RunnerBase):
             if self._stream is not None:
                 self._stream.synchronize()
         finally:
-            for buf in [*self._device.values(), *self._host.values()]:
-                buf.close()
-            self._device.clear()
-            self._host.clear()
-            if self._stream is not None:
-                self._stream.close()
-            self._stream = None
+            self._close_cuda()
+            # The context goes before the engine's lease: a context must not outlive its engine.
             self._context = None
             self._engine = None
-            self._runtime = None
             self._profile = None
+            lease, self._lease = self._lease, None
+            if lease is not None:
+                self._engines.release(lease)
 
-    def _buffers(self, name: str, nbytes: int) -> tuple[Any, Any]:
-        """Device and pinned host buffers of at least ``nbytes`` for ``name`` (grow-only)."""
+    def _close_cuda(self) -> None:
+        for buf in [*self._device.values(), *self._host.values()]:
+            buf.close()
+        self._device.clear()
+        self._host.clear()
+        if self._allocator is not None:
+            self._allocator.close()
+        self._allocator = None
+        self._allocated.clear()
+        for handle in (self._done, self._stream):
+            if handle is not None:
+                handle.close()
+        self._done = None
+        self._stream = None
+
+    def _buffers(
+        self, name: str, nbytes: int, *, device: bool = True, host_bytes: int | None = None
+    ) -> tuple[Any, Any]:
+        """Device (unless ``device`` is False) and pinned host buffers of at least ``nbytes``
+        (``host_bytes`` for the host one) for ``name``; both grow-only. Zero-copy: no device
+        buffer (None) and a mapped host buffer, which the engine binds at its ``device_ptr``."""
+        if self._zero_copy and device:
+            host = self._host.get(name)
+            if host is None or host.nbytes < nbytes:
+                if host is not None:
+                    host.close()
+                host = self._host[name] = self._cuda.MappedBuffer((max(nbytes, 1),), np.uint8)
+            return None, host
         dev = self._device.get(name)
-        if dev is None or dev.nbytes < nbytes:
+        if device and (dev is None or dev.nbytes < nbytes):
             if dev is not None:
                 dev.close()
             dev = self._device[name] = self._cuda.DeviceBuffer(nbytes)
+        wanted = nbytes if host_bytes is None else host_bytes
         host = self._host.get(name)
-        if host is None or host.nbytes < nbytes:
+        if host is None or host.nbytes < wanted:
             if host is not None:
                 host.close()
-            host = self._host[name] = self._cuda.PinnedBuffer((max(nbytes, 1),), np.uint8)
+            host = self._host[name] = self._cuda.PinnedBuffer((max(wanted, 1),), np.uint8)
         return dev, host
 
-    def _stage(self, name: str, array: NDArray[Any]) -> Any:
-        """Copy ``array`` through its pinned buffer into its device buffer (queued on the
-        stream); returns the device buffer."""
+    def _stage(self, name: str, array: NDArray[Any]) -> int:
+        """Write ``array`` into its pinned buffer and, unless zero-copy, queue the copy into its
+        device buffer on the stream; returns the device address to bind."""
         dev, host = self._buffers(name, array.nbytes)
         staged = _view(host, array.dtype, array.shape)
         staged[...] = array
+        if dev is None:  # mapped: the engine reads the pinned buffer in place
+            return int(host.device_ptr)
         self._cuda.copy_htod_async(dev, staged, self._stream)
-        return dev
+        return int(dev.ptr)
 
-    def _output_view(self, spec: TensorSpec, shape: tuple[int, ...]) -> tuple[Any, NDArray[Any]]:
-        """The device buffer and the pinned host view that receive output ``spec``."""
+    def _output_view(self, spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, NDArray[Any]]:
+        """The device address to bind and the pinned host view that receives output ``spec``
+        (the same memory when zero-copy)."""
         dtype = np.dtype(spec.dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         dev, host = self._buffers(spec.name, nbytes)
-        return dev, _view(host, dtype, shape)
+        address = int(host.device_ptr) if dev is None else int(dev.ptr)
+        return address, _view(host, dtype, shape)
 
     def _fetch(self, results: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        """Copy the outputs down, wait for the stream and return copies of the host views."""
+        """Copy the outputs down, wait for them and return copies of the host views. Outputs
+        with data-dependent shapes are read from the output allocator (their shape is known once
+        ``execute_async_v3`` returned)."""
         for spec in self._outputs:
-            self._cuda.copy_dtoh_async(results[spec.name], self._device[spec.name], self._stream)
-        self._stream.synchronize()
+            if spec.name in self._allocated:
+                results[spec.name] = self._allocated_view(spec)
+            elif not self._zero_copy:  # zero-copy: the engine wrote the host view itself
+                dev = self._device[spec.name]
+                self._cuda.copy_dtoh_async(results[spec.name], dev, self._stream)
+        self._done.record(self._stream)
+        self._done.synchronize()
         return {name: np.array(view, copy=True) for name, view in results.items()}
+
+    def _allocated_view(self, spec: TensorSpec) -> NDArray[Any]:
+        shape = self._allocator.shapes.get(spec.name)
+        if shape is None or any(d < 0 for d in shape):
+            raise RuntimeError(f"TensorRT did not report the shape of output '{spec.name}'")
+        dtype = np.dtype(spec.dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        _dev, host = self._buffers(spec.name, 0, device=False, host_bytes=nbytes)
+        view = _view(host, dtype, shape)
+        if nbytes:
+            src = self._allocator.buffers[spec.name]
+            self._cuda.copy_dtoh_async(view, src, self._stream)
+        return view
 
     #: :class:`~agent.backends.base.DeviceTensor` feeds are bound without a copy
     accepts_device_inputs = True
@@ -229,19 +303,30 @@ class TrtRunner(RunnerBase):
         array = np.ascontiguousarray(feed, dtype=np.dtype(spec.dtype))
         if not context.set_input_shape(spec.name, array.shape):  # pyright: ignore[reportUnknownMemberType, reportCallIssue, reportArgumentType]
             raise _outside_profile(spec, array.shape)
-        dev = self._stage(spec.name, array)
-        context.set_tensor_address(spec.name, dev.ptr)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
+        address = self._stage(spec.name, array)
+        context.set_tensor_address(spec.name, address)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
 
     def _bind_outputs(self, context: trt.IExecutionContext) -> dict[str, NDArray[Any]]:
         results: dict[str, NDArray[Any]] = {}
         for spec in self._outputs:
             shape = dims(context.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
-                raise RuntimeError(f"output '{spec.name}' shape {shape} is not resolved")
-            dev, view = self._output_view(spec, shape)
-            context.set_tensor_address(spec.name, dev.ptr)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
+                # Still unknown with every input shape set: data-dependent (NonZero, NMS).
+                self._use_output_allocator(context, spec.name)
+                continue
+            address, view = self._output_view(spec, shape)
+            context.set_tensor_address(spec.name, address)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
             results[spec.name] = view
         return results
+
+    def _use_output_allocator(self, context: trt.IExecutionContext, name: str) -> None:
+        if name in self._allocated:
+            return
+        if self._allocator is None:
+            self._allocator = make_output_allocator(self._cuda)
+        if not context.set_output_allocator(name, self._allocator):  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
+            raise RuntimeError(f"TensorRT refused an output allocator for output '{name}'")
+        self._allocated.add(name)
 
     def profile_layers(
         self, feeds: Mapping[str, NDArray[Any]], *, iterations: int
@@ -280,12 +365,16 @@ class TrtRunner(RunnerBase):
         for spec in self._inputs:
             array = np.ascontiguousarray(feeds[spec.name], dtype=np.dtype(spec.dtype))
             legacy.set_binding_shape(index[spec.name], array.shape)
-            bindings[index[spec.name]] = self._stage(spec.name, array).ptr
+            bindings[index[spec.name]] = self._stage(spec.name, array)
         results: dict[str, NDArray[Any]] = {}
         for spec in self._outputs:
             shape = dims(legacy.get_binding_shape(index[spec.name]))
-            dev, results[spec.name] = self._output_view(spec, shape)
-            bindings[index[spec.name]] = dev.ptr
+            if any(d < 0 for d in shape):
+                raise RuntimeError(
+                    f"output '{spec.name}' has a data-dependent shape; that needs an "
+                    "IOutputAllocator (TensorRT >= 8.5's named-tensor API)"
+                )
+            bindings[index[spec.name]], results[spec.name] = self._output_view(spec, shape)
         if not legacy.execute_async_v2(bindings, self._stream.handle):
             raise RuntimeError("TensorRT execute_async_v2 failed (see the TensorRT log)")
         return self._fetch(results)

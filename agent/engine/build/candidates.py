@@ -7,6 +7,7 @@ results) returns them without building or validating anything.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Candidate:
     result: BuildResult | None = None
     quantization: QuantizationRecord | None = None
     build: BuildRecord | None = None
+    failure: str | None = None
 
     def location(self) -> tuple[Path, str]:
         """(directory, main file) of the engine to run."""
@@ -55,6 +57,11 @@ class Candidate:
             return self.artifact.dir, self.artifact.main_file
         assert self.staged is not None and self.result is not None
         return self.staged, self.result.main_file
+
+    @property
+    def fresh(self) -> bool:
+        """Built in this run (not a cache hit) and not failed."""
+        return self.artifact is None and self.failure is None
 
     def manifest_extra(self) -> dict[str, Any]:
         """The manifest sections only a fresh build has."""
@@ -111,6 +118,10 @@ def _cache_key(ctx: BuildContext, inputs: BuildInputs, precision: str) -> CacheK
                 "method": cal.method,
                 "percentile": cal.percentile if cal.method == "percentile" else None,
                 "keep_float": sorted(config.keep_float),
+                # every calibration setting (frames, held-out count, whatever is added later)
+                # and the gate-driven search change which INT8 bytes are kept
+                "calibration": cal.model_dump(mode="json"),
+                "search": ctx.options.search.to_json(),
             }
         )
     return CacheKey(
@@ -164,14 +175,8 @@ def cached_outcome(ctx: BuildContext, candidates: list[Candidate]) -> BuildOutco
         return None
     old = GateReport.from_json(artifacts[candidates[0].precision].manifest["validation"])
     requested = ctx.options.precision
-    report = GateReport(
-        task=ctx.bundle.config.task,
-        frames=old.frames,
-        reference=old.reference,
-        results=results,
-        requested=requested,
-        measured_at=old.measured_at,
-    )
+    # keep what the gate measured (task metrics, power, notes); decide again for this request
+    report = dataclasses.replace(old, results=results, requested=requested, chosen=None, why="")
     supported = ctx.backend.precisions
     chosen, why = choose_precision(results, requested, ctx.build_cfg.precisions, supported)
     report.chosen, report.why = chosen, why

@@ -7,6 +7,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.backends.base import Backend
 from agent.config.build import BuildLimits
@@ -18,9 +19,39 @@ from agent.engine.cache import EngineCache
 from agent.engine.calibration import CalibrationSet
 from agent.engine.prepare import PreparedModel
 
-__all__ = ["BuildContext", "BuildInputs", "BuildOptions", "open_context"]
+__all__ = ["BuildContext", "BuildInputs", "BuildOptions", "SearchLimits", "open_context"]
 
 log = logging.getLogger(__name__)
+
+
+#: calibration methods the accuracy search may try (the profile's own method goes first)
+SEARCH_METHODS = ("entropy", "percentile", "minmax")
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    """Bounds of the gate-driven accuracy search for INT8 (:mod:`agent.engine.build.search`).
+
+    When the INT8 candidate fails the gate, the search re-quantizes it keeping the
+    ``sizes[i]`` most sensitive layers in float (for the profile's calibration method, then
+    for each other one of ``methods``), at most ``max_attempts`` re-quantizations and
+    ``max_seconds`` in all. ``enabled=False`` keeps the first INT8 attempt whatever the gate
+    says. Part of the INT8 cache key: other limits can keep other bytes."""
+
+    enabled: bool = True
+    methods: tuple[str, ...] = SEARCH_METHODS
+    sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    max_attempts: int = 8
+    max_seconds: float = 1200.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "methods": list(self.methods),
+            "sizes": list(self.sizes),
+            "max_attempts": self.max_attempts,
+            "max_seconds": self.max_seconds,
+        }
 
 
 @dataclass(frozen=True)
@@ -33,6 +64,7 @@ class BuildOptions:
     force: bool
     gate_seconds: float
     gate_iterations: int
+    search: SearchLimits = field(default_factory=SearchLimits)
 
 
 @dataclass

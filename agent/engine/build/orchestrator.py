@@ -4,8 +4,10 @@
 
     load bundle → prepare → calibration set → for each candidate precision:
         cache lookup → (miss) quantize (int8, isolated) → backend build (isolated; one retry at
-        half the workspace after running out of memory) → validate against the float
-        reference → commit to the cache (manifest carries the gate report) → choose
+        half the workspace after running out of memory; under ``auto`` a candidate that fails
+        is skipped with its reason) → validate against the float reference (a fresh INT8 that
+        fails: the accuracy search, :mod:`agent.engine.build.search`) → commit to the cache
+        (manifest carries the gate report) → choose
 
 The float reference is the prepared float model run by ONNX Runtime on the CPU. Everything is
 built in a ``.tmp-build-*`` directory under the cache root, removed at the end whatever happens;
@@ -29,10 +31,12 @@ from agent.engine.build.candidates import (
     lookup_candidates,
     wanted_precisions,
 )
-from agent.engine.build.context import BuildOptions, open_context
+from agent.engine.build.context import BuildOptions, SearchLimits, open_context
+from agent.engine.build.fallback import build_or_skip, live_candidates
 from agent.engine.build.outcome import BuildOutcome
-from agent.engine.build.publish import commit_candidates, finish, validate_step
-from agent.engine.build.steps import build_candidates, prepare_inputs
+from agent.engine.build.publish import commit_candidates, finish
+from agent.engine.build.search import gate_and_recover
+from agent.engine.build.steps import prepare_inputs
 from agent.engine.bundle import load_bundle
 
 __all__ = ["build_engine", "default_cache_dir"]
@@ -61,11 +65,14 @@ def build_engine(
     force: bool = False,
     gate_seconds: float = 3.0,
     gate_iterations: int = 200,
+    search: SearchLimits | None = None,
 ) -> BuildOutcome:
     """Build (or fetch from the cache) a validated engine for ``bundle_path`` on ``profile``.
 
-    Raises :class:`ModelError`, :class:`CalibrationError`,
-    :class:`BuildFailed` or :class:`ValidationFailed`, each saying
+    With ``precision="auto"`` a candidate that cannot be built is skipped (the reason is in
+    the notes and the gate report's ``why``); a fresh INT8 that fails the gate goes through
+    the accuracy search (``search`` bounds it). Raises :class:`ModelError`,
+    :class:`CalibrationError`, :class:`BuildFailed` or :class:`ValidationFailed`, each saying
     how to fix the problem; nothing half-written is left in ``cache_dir``.
     """
     backend = get_backend(profile.build.backend)
@@ -73,7 +80,15 @@ def build_engine(
     wanted = wanted_precisions(precision, profile, backend.precisions)
     progress("load", 0.0, f"loading bundle {bundle_path}")
     bundle = load_bundle(Path(bundle_path))
-    options = BuildOptions(precision, calib_dir, l4t_release, force, gate_seconds, gate_iterations)
+    options = BuildOptions(
+        precision,
+        calib_dir,
+        l4t_release,
+        force,
+        gate_seconds,
+        gate_iterations,
+        search if search is not None else SearchLimits(),
+    )
     ctx = open_context(
         profile=profile,
         backend=backend,
@@ -89,9 +104,9 @@ def build_engine(
         cached = cached_outcome(ctx, candidates)
         if cached is not None:
             return cached
-        build_candidates(ctx, inputs, candidates)
-        verdict = validate_step(ctx, inputs, candidates)
-        artifacts = commit_candidates(ctx, inputs, candidates, verdict)
+        build_or_skip(ctx, inputs, candidates)
+        verdict = gate_and_recover(ctx, inputs, candidates)
+        artifacts = commit_candidates(ctx, inputs, live_candidates(candidates), verdict)
         return finish(ctx, inputs, verdict, artifacts)
     finally:
         shutil.rmtree(ctx.work, ignore_errors=True)

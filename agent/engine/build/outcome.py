@@ -13,7 +13,14 @@ from typing import Any
 from agent.engine.cache import Artifact
 from agent.engine.validate.results import GateReport
 
-__all__ = ["BuildOutcome", "BuildRecord", "QuantizationRecord", "Stopwatch", "max_rss"]
+__all__ = [
+    "BuildOutcome",
+    "BuildRecord",
+    "FloatLayer",
+    "QuantizationRecord",
+    "Stopwatch",
+    "max_rss",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,25 @@ class BuildOutcome:
 
 
 @dataclass(frozen=True)
+class FloatLayer:
+    """A node the INT8 engine keeps in float, and why."""
+
+    node: str
+    op: str
+    reason: str
+    added_error: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        err = None if self.added_error is None else round(self.added_error, 6)
+        return {"node": self.node, "op": self.op, "reason": self.reason, "added_error": err}
+
+
+@dataclass(frozen=True)
 class QuantizationRecord:
-    """How an int8 candidate was quantized (the manifest's ``quantization`` section)."""
+    """How an int8 candidate was quantized (the manifest's ``quantization`` section).
+
+    ``float_layers`` lists every node kept in float with its reason; ``search`` is the
+    gate-driven accuracy search's record (attempts, choice) when it ran."""
 
     recipe: str
     method: str
@@ -55,6 +79,8 @@ class QuantizationRecord:
     calib_sha256: str
     calibration_frames: int
     report: dict[str, Any]
+    float_layers: tuple[FloatLayer, ...] = ()
+    search: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +88,8 @@ class QuantizationRecord:
             "method": self.method,
             "excluded_nodes": list(self.excluded_nodes),
             "auto_excluded": list(self.auto_excluded),
+            "float_layers": [f.to_json() for f in self.float_layers],
+            "search": self.search,
             "calib_sha256": self.calib_sha256,
             "calibration_frames": self.calibration_frames,
             "report": self.report,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -22,11 +23,21 @@ from agent.engine.build.candidates import Candidate
 from agent.engine.build.context import BuildContext, BuildInputs
 from agent.engine.build.outcome import BuildOutcome
 from agent.engine.cache import Artifact
+from agent.engine.calibration import HeldoutFrames
 from agent.engine.validate.choice import choose_precision
-from agent.engine.validate.gate import validate_candidates
+from agent.engine.validate.frames import GateFrame
+from agent.engine.validate.gate import GateLimits, GateRun, run_validation
 from agent.engine.validate.results import GateReport, PrecisionResult
 
-__all__ = ["REFERENCE", "Verdict", "commit_candidates", "finish", "validate_step"]
+__all__ = [
+    "REFERENCE",
+    "Verdict",
+    "commit_candidates",
+    "finish",
+    "run_gate",
+    "run_gate_report",
+    "validate_step",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +53,33 @@ class Verdict:
     failure: ValidationFailed | None
 
 
-def _run_gate(
-    ctx: BuildContext, inputs: BuildInputs, candidates: list[Candidate]
-) -> tuple[dict[str, PrecisionResult], int]:
+def _gate_limits(ctx: BuildContext, inputs: BuildInputs) -> GateLimits:
+    """The gate's limits: the profile's ``build.gate`` section (a model.yaml override of the
+    task-metric drop wins) and the held-out count wanted."""
+    gate, task = ctx.build_cfg.gate, ctx.bundle.config.task
+    drop: float | None = {"classify": gate.top1_drop_max, "detect": gate.map50_drop_max}.get(task)
+    override = ctx.bundle.config.tolerance.metric_drop_max
+    if override is not None:
+        drop = override
+    return GateLimits(
+        drop_max=drop,
+        bootstrap_samples=gate.bootstrap_samples,
+        seed=gate.seed,
+        wanted_frames=inputs.calib.heldout_wanted or None,
+    )
+
+
+def _gate_frames(inputs: BuildInputs) -> Iterator[GateFrame | dict[str, np.ndarray]]:
+    """The held-out frames one at a time (read and preprocessed on demand)."""
+    held = inputs.calib.heldout
+    if isinstance(held, HeldoutFrames):
+        return held.gate_frames(inputs.input_name)
+    return ({inputs.input_name: np.ascontiguousarray(t)} for t in held)
+
+
+def run_gate_report(ctx: BuildContext, inputs: BuildInputs, candidates: list[Candidate]) -> GateRun:
+    """Validate ``candidates`` against the float reference on the held-out frames (streamed):
+    agreement, task metric against labels when the frames have them, power, latency."""
     with contextlib.ExitStack() as stack:
         backend = ctx.backend
         ref_backend = backend if ctx.backend_name == "onnxruntime" else get_backend("onnxruntime")
@@ -62,35 +97,51 @@ def _run_gate(
             )
             stack.enter_context(runner)
             runners[cand.precision] = runner
-        feeds = [{inputs.input_name: np.ascontiguousarray(t)} for t in inputs.calib.heldout]
-        results = validate_candidates(
+        return run_validation(
             ctx.bundle.config,
             reference,
             runners,
-            feeds,
+            _gate_frames(inputs),
+            limits=_gate_limits(ctx, inputs),
+            total=len(inputs.calib.heldout),
             max_seconds=ctx.options.gate_seconds,
             iterations=ctx.options.gate_iterations,
             progress=ctx.progress,
         )
-    return results, len(feeds)
+
+
+def run_gate(
+    ctx: BuildContext, inputs: BuildInputs, candidates: list[Candidate]
+) -> tuple[dict[str, PrecisionResult], int]:
+    """The gate's verdict per candidate and the number of held-out frames it used
+    (:func:`run_gate_report` has the whole run: task metrics, power, notes)."""
+    run = run_gate_report(ctx, inputs, candidates)
+    return run.results, run.frames
 
 
 def validate_step(ctx: BuildContext, inputs: BuildInputs, candidates: list[Candidate]) -> Verdict:
     """Run the gate on every candidate and choose the precision to serve."""
     with ctx.watch.stage("validate"):
-        results, frames = _run_gate(ctx, inputs, candidates)
+        run = run_gate_report(ctx, inputs, candidates)
     requested = ctx.options.precision
     report = GateReport(
         task=ctx.bundle.config.task,
-        frames=frames,
+        frames=run.frames,
         reference=REFERENCE,
-        results=results,
+        results=run.results,
         requested=requested,
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        reference_metric=run.reference_metric,
+        power=run.power,
+        notes=list(run.notes),
+        heldout=("labelled " if inputs.calib.heldout_labelled else "unlabelled ")
+        + inputs.calib.heldout_dir,
     )
+    ctx.notes.extend(report.summary_lines())
+    ctx.notes.extend(run.notes)
     try:
         chosen, why = choose_precision(
-            results, requested, ctx.build_cfg.precisions, ctx.backend.precisions
+            run.results, requested, ctx.build_cfg.precisions, ctx.backend.precisions
         )
     except ValidationFailed as exc:
         report.why = exc.message
@@ -128,6 +179,8 @@ def _manifest(
             "sha256": calib.sha256,
             "calib_frames": len(calib.calib),
             "heldout_frames": len(calib.heldout),
+            "heldout_dir": calib.heldout_dir,
+            "heldout_labelled": calib.heldout_labelled,
         },
         "prepare_notes": list(prepared.notes),
         "validation": verdict.report.to_json(),

@@ -6,24 +6,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.backends.base import BuildRequest, BuildResult
+from agent.config.build import BuildLimits
 from agent.core.errors import BuildFailed, CalibrationError
 from agent.core.progress import ProgressFn
 from agent.engine.build.candidates import Candidate
 from agent.engine.build.context import BuildContext, BuildInputs
+from agent.engine.build.floats import SearchReason, explain_float_layers, graph_facts
 from agent.engine.build.outcome import BuildRecord, QuantizationRecord
 from agent.engine.bundle import ModelBundle
 from agent.engine.calibration import CalibrationSet, load_calibration_set
 from agent.engine.isolate.launch import IsolatedOutcome, build_isolated, run_isolated
 from agent.engine.prepare import PreparedModel, prepare
 from agent.engine.quantize.entry import QuantizedModel, quantize
+from agent.engine.quantize.oom import StageTracker, oom_fix, oom_message
 
 __all__ = [
-    "build_candidates",
+    "build_candidate",
     "prepare_inputs",
+    "quantize_in_child",
     "quantize_target",
     "resolve_calib_dir",
 ]
@@ -100,35 +105,73 @@ def _quantize_isolated(ctx: BuildContext, inputs: BuildInputs) -> QuantizedModel
         "work_dir": ctx.work / "quantize",
         "cache_dir": ctx.cache_root / "calibration",
         "percentile": cal.percentile,
+        # the child derives its streaming budget from the cap less its own resident memory
+        "memory_cap_mib": build_cfg.build_memory_cap_mib,
     }
+    value, rss = quantize_in_child(
+        inputs.prepared,
+        slim,
+        options,
+        limits=build_cfg,
+        progress=ctx.progress,
+        scratch_dir=ctx.work,
+    )
+    ctx.record_rss(rss)
+    return value
+
+
+def quantize_in_child(
+    prepared: PreparedModel,
+    calib: CalibrationSet,
+    options: dict[str, Any],
+    *,
+    limits: BuildLimits,
+    progress: ProgressFn,
+    scratch_dir: Path,
+) -> tuple[QuantizedModel, float | None]:
+    """:func:`quantize` with ``options`` in the isolated child under the profile's memory cap
+    and timeout (shared by the build and ``edge-agent quantize``); returns the model and the
+    child's peak RSS (MiB), also put into its report. Out of memory names the stage and a fix."""
+    stage = StageTracker(progress)
     try:
         q = run_isolated(
             quantize_target,
-            (inputs.prepared, slim, options),
-            memory_cap_mib=build_cfg.build_memory_cap_mib,
-            timeout_s=build_cfg.build_timeout_s,
-            progress=ctx.progress,
+            (prepared, calib, options),
+            memory_cap_mib=limits.build_memory_cap_mib,
+            timeout_s=limits.build_timeout_s,
+            progress=stage,
             what="int8 quantization",
-            scratch_dir=ctx.work,
+            scratch_dir=scratch_dir,
         )
     except BuildFailed as exc:
         if not exc.out_of_memory:
             raise
-        # the workspace does not matter here: calibration holds activations
+        # the workspace does not matter here: name the stage and what helps
         raise BuildFailed(
-            exc.message,
-            fix="lower build.calibration.frames (calibration keeps every "
-            "frame's activations in memory) or raise "
-            "build.build_memory_cap_mib in the device profile",
+            oom_message(stage.stage, exc.message),
+            fix=oom_fix(stage.stage, limits.build_memory_cap_mib),
             out_of_memory=True,
-            memory_cap_mib=build_cfg.build_memory_cap_mib,
+            memory_cap_mib=limits.build_memory_cap_mib,
         ) from exc
-    ctx.record_rss(q.peak_rss_mib)
-    return q.value
+    value = q.value
+    if q.peak_rss_mib is not None:
+        memory = dict(value.report.get("memory") or {})
+        memory["isolated_peak_rss_mib"] = round(q.peak_rss_mib, 1)
+        value.report["memory"] = memory
+        value.report["peak_rss_mib"] = round(q.peak_rss_mib, 1)
+    return value, q.peak_rss_mib
 
 
-def quantize_candidate(ctx: BuildContext, inputs: BuildInputs, cand: Candidate) -> Path:
-    """Quantize the prepared model for ``cand`` (int8); returns the Q/DQ ONNX file."""
+def quantize_candidate(
+    ctx: BuildContext,
+    inputs: BuildInputs,
+    cand: Candidate,
+    search_reasons: Mapping[str, SearchReason] | None = None,
+) -> Path:
+    """Quantize the prepared model for ``cand`` (int8); returns the Q/DQ ONNX file.
+
+    ``ctx`` may be an accuracy-search attempt's context (another calibration method, more
+    nodes in ``keep_float``); ``search_reasons`` says why the search kept its nodes float."""
     with ctx.watch.stage("quantize"):
         quantized = _quantize_isolated(ctx, inputs)
     # the range collection inside quantize counts as calibration time
@@ -137,6 +180,9 @@ def quantize_candidate(ctx: BuildContext, inputs: BuildInputs, cand: Candidate) 
     calib_s = min(calib_s, timings.get("quantize", 0.0))
     timings["quantize"] = timings.get("quantize", 0.0) - calib_s
     ctx.watch.add("calibrate", calib_s)
+    reasons = dict(search_reasons or {})
+    yaml_keep = [n for n in ctx.bundle.config.keep_float if n not in reasons]
+    facts = graph_facts(inputs.prepared.path, quantized.recipe)
     cand.quantization = QuantizationRecord(
         recipe=quantized.recipe,
         method=quantized.method,
@@ -145,6 +191,7 @@ def quantize_candidate(ctx: BuildContext, inputs: BuildInputs, cand: Candidate) 
         calib_sha256=quantized.calib_sha256,
         calibration_frames=len(inputs.calib.calib),
         report=quantized.report,
+        float_layers=explain_float_layers(quantized, yaml_keep, facts.ops, reasons),
     )
     return quantized.path
 
@@ -207,10 +254,10 @@ def _build_with_retry(
 
 
 def _request(
-    ctx: BuildContext, inputs: BuildInputs, cand: Candidate, onnx_path: Path
+    ctx: BuildContext, inputs: BuildInputs, cand: Candidate, onnx_path: Path, stage: str
 ) -> BuildRequest:
     build_cfg = ctx.build_cfg
-    out_dir = ctx.work / f"stage-{cand.precision}"
+    out_dir = ctx.work / stage
     out_dir.mkdir()
     timing_cache = None
     if build_cfg.timing_cache and ctx.backend_name == "tensorrt":
@@ -228,15 +275,24 @@ def _request(
         timing_cache=timing_cache,
         threads=ctx.threads,
         static_shapes=ctx.static,
+        memory_cap_mib=build_cfg.build_memory_cap_mib,
     )
 
 
-def build_candidate(ctx: BuildContext, inputs: BuildInputs, cand: Candidate) -> None:
-    """Quantize (int8) and build ``cand`` into the work directory."""
+def build_candidate(
+    ctx: BuildContext,
+    inputs: BuildInputs,
+    cand: Candidate,
+    *,
+    stage: str | None = None,
+    search_reasons: Mapping[str, SearchReason] | None = None,
+) -> None:
+    """Quantize (int8) and build ``cand`` into ``stage`` (default ``stage-<precision>``) in
+    the work directory."""
     onnx_path = inputs.prepared.path
     if cand.precision == "int8":
-        onnx_path = quantize_candidate(ctx, inputs, cand)
-    request = _request(ctx, inputs, cand, onnx_path)
+        onnx_path = quantize_candidate(ctx, inputs, cand, search_reasons)
+    request = _request(ctx, inputs, cand, onnx_path, stage or f"stage-{cand.precision}")
     with ctx.watch.stage("build"):
         ctx.progress("build", 0.0, f"building {cand.precision} with {ctx.backend_name}")
         result, rss, workspace_used = _build_with_retry(ctx, request)
@@ -244,10 +300,3 @@ def build_candidate(ctx: BuildContext, inputs: BuildInputs, cand: Candidate) -> 
     cand.staged = request.out_dir
     cand.result = result
     cand.build = BuildRecord(workspace_used, dict(result.info), rss)
-
-
-def build_candidates(ctx: BuildContext, inputs: BuildInputs, candidates: list[Candidate]) -> None:
-    """Build every candidate that is not already in the cache."""
-    for cand in candidates:
-        if cand.artifact is None:
-            build_candidate(ctx, inputs, cand)

@@ -9,6 +9,16 @@ weighted layers, e.g. a detector's decode head, which TensorRT also runs in floa
 automatic pass (:mod:`agent.engine.quantize.exclusion`) runs the float and the Q/DQ model side by
 side on a few calibration frames, measures how much error each node *adds* and excludes nodes
 whose added error is far above the rest; the model is then re-quantized.
+
+Memory is bounded (:mod:`agent.engine.quantize.memory`): calibration, bias-correction
+statistics and the probe stream frame by frame and tensor group by tensor group within
+``memory_budget_mib`` (beyond what the process holds now; without it, what is left under
+``memory_cap_mib``, the process's cap, less a reserve; else
+:data:`~agent.engine.quantize.memory.DEFAULT_BUDGET_MIB`). Every INT8 model gets a per-node
+sensitivity ranking (``report["sensitivity"]``) and, per node kept float, the reason
+(``report["kept_float"]``). With ``bias_correction``, empirical bias correction
+(:mod:`agent.engine.quantize.biascorr`) is tried and kept when it lowers the output error on
+the probe frames.
 """
 
 from __future__ import annotations
@@ -19,12 +29,10 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from agent.backends.base import TensorSpec
 from agent.core.errors import CalibrationError, ModelError
@@ -34,8 +42,10 @@ from agent.engine.calibration import CalibrationSet
 from agent.engine.onnxgraph import ModelProto, load_model
 from agent.engine.prepare import PreparedModel
 from agent.engine.quantize.exclusion import Exclusion, exclude_outliers
+from agent.engine.quantize.job import Job, apply_bias_correction
+from agent.engine.quantize.memory import DEFAULT_BUDGET_MIB, budget_from_cap, own_rss_mib
 from agent.engine.quantize.placement import float_tail, quantized_consumers
-from agent.engine.quantize.qdq import count_qdq, quantize_once
+from agent.engine.quantize.probe import node_errors
 from agent.engine.quantize.ranges import (
     cached_ranges_ok,
     calibrate_ranges,
@@ -44,6 +54,7 @@ from agent.engine.quantize.ranges import (
 )
 from agent.engine.quantize.reader import FrameReader
 from agent.engine.quantize.recipes import RECIPES, Method, Recipe
+from agent.engine.quantize.report import FloatReasons, build_report
 
 __all__ = ["QuantizedModel", "quantize"]
 
@@ -108,10 +119,16 @@ def _check_request(
             "(calib/README.md says how)",
         )
     model = load_model(prepared.path, external_data=False)
-    _check_keep_float(model, keep_float, prepared.path)
+    _check_keep_float(model, keep_float, prepared.source)
     if not prepared.inputs:
-        raise ModelError("the prepared model has no inputs", path=prepared.path)
+        raise ModelError("the prepared model has no inputs", path=prepared.source)
     return RECIPES[recipe], model
+
+
+def _unfolded(prepared: PreparedModel, names: Sequence[str]) -> list[str]:
+    """``names`` with each BatchNormalization that prepare folded replaced by the layer it was
+    folded into (keeping a BN float now means keeping that layer float)."""
+    return list(dict.fromkeys(prepared.folded.get(n, n) for n in names))
 
 
 def _batch_of(image: TensorSpec) -> int:
@@ -119,34 +136,7 @@ def _batch_of(image: TensorSpec) -> int:
     return batch if batch > 0 else 1
 
 
-@dataclass(frozen=True)
-class _Job:
-    """One quantization: what goes in, where it goes, how it is fed."""
-
-    prepared: PreparedModel
-    calib: CalibrationSet
-    recipe: Recipe
-    method: str
-    percentile: float
-    batch: int
-    reader: FrameReader
-    out_path: Path
-    cache_path: Path
-    progress: ProgressFn
-
-    def requantize(self, exclude: Sequence[str]) -> None:
-        quantize_once(
-            self.prepared,
-            self.out_path,
-            self.reader,
-            recipe=self.recipe,
-            method=self.method,
-            exclude=exclude,
-            cache_path=self.cache_path,
-        )
-
-
-def _obtain_ranges(job: _Job, tmp_dir: Path) -> _Ranges:
+def _obtain_ranges(job: Job) -> _Ranges:
     """Activation ranges from the cache when valid, else calibrated and cached now."""
     started = time.monotonic()
     cache_path, progress = job.cache_path, job.progress
@@ -164,77 +154,60 @@ def _obtain_ranges(job: _Job, tmp_dir: Path) -> _Ranges:
             method=job.method,
             percentile=job.percentile,
             cache_path=cache_path,
-            tmp_dir=tmp_dir,
+            tmp_dir=job.tmp_dir,
+            budget_mib=job.budget_mib,
+            progress=progress,
         )
     return _Ranges(cache_path, cache_hit, calibrated_tensors, time.monotonic() - started)
 
 
 def _exclude(
-    job: _Job, model: ModelProto, excluded: list[str], probe_frames: int, max_rounds: int
+    job: Job, model: ModelProto, excluded: list[str], auto_exclude: bool, max_rounds: int
 ) -> Exclusion:
-    """Run the automatic mixed-precision pass on a few calibration frames."""
-    image = job.prepared.inputs[0].name
-    probe = job.calib.calib[: max(1, probe_frames)]
-    batch = job.batch
-    feeds = [{image: np.concatenate([t] * batch, axis=0) if batch > 1 else t} for t in probe]
+    """Measure every node's added error (the sensitivity ranking) and, with ``auto_exclude``,
+    keep outliers in float."""
+    feeds = job.probe_feeds()
+
+    def measure() -> tuple[dict[str, float], float]:
+        return node_errors(job.prepared.path, job.out_path, feeds, budget_mib=job.budget_mib)
+
     return exclude_outliers(
-        job.prepared.path,
-        job.out_path,
-        feeds,
+        measure,
         excluded=excluded,
         consumers=quantized_consumers(model, job.recipe),
         requantize=job.requantize,
         progress=job.progress,
-        max_rounds=max_rounds,
+        max_rounds=max_rounds if auto_exclude else 0,
     )
 
 
-def _report(job: _Job, ranges: _Ranges, exclusion: Exclusion, tail: list[str]) -> dict[str, Any]:
-    rcp, method = job.recipe, job.method
-    worst = sorted(exclusion.final_errors.items(), key=lambda kv: -kv[1])[:8]
-    return {
-        "recipe": rcp.name,
-        "recipe_description": rcp.description,
-        "activation_type": rcp.activation_type,
-        "weight_type": rcp.weight_type,
-        "per_channel": rcp.per_channel,
-        "op_types": list(rcp.op_types) if rcp.op_types else "all",
-        "method": method,
-        "percentile": job.percentile if method == "percentile" else None,
-        "calibration_frames": len(job.calib.calib),
-        "calibration_batch": job.batch,
-        "calibration_cache": str(ranges.cache_path),
-        "calibration_cache_hit": ranges.cache_hit,
-        "calibrated_tensors": ranges.calibrated_tensors,
-        "calibration_s": round(ranges.seconds, 3),
-        "reader_batches": job.reader.calls,
-        "qdq_nodes": count_qdq(job.out_path),
-        "node_error_before": {n: round(e, 6) for n, e in sorted(exclusion.errors.items())},
-        "output_error_before": exclusion.out_err,
-        "output_error": exclusion.final_out_err,
-        "auto_exclusion_reverted": exclusion.reverted,
-        "float_tail": tail,
-        "worst_node_errors": {n: round(e, 6) for n, e in worst},
-        "prepare_notes": list(job.prepared.notes),
-    }
+def _budget(
+    memory_budget_mib: int | None, memory_cap_mib: int | None
+) -> tuple[int, dict[str, Any]]:
+    """The memory budget, and the memory facts for the report."""
+    rss = own_rss_mib()
+    if memory_budget_mib is not None:
+        budget = max(32, int(memory_budget_mib))
+    elif memory_cap_mib is not None:
+        budget = budget_from_cap(memory_cap_mib, rss)
+    else:
+        budget = DEFAULT_BUDGET_MIB
+    return budget, {"budget_mib": budget, "cap_mib": memory_cap_mib, "rss_at_start_mib": rss}
 
 
 def _job(
     prepared: PreparedModel,
     calib: CalibrationSet,
     rcp: Recipe,
-    *,
-    recipe: str,
-    method: str,
-    percentile: float,
-    work_dir: Path,
-    cache_dir: Path,
-    progress: ProgressFn,
-) -> _Job:
+    options: Mapping[str, Any],
+    tmp_dir: Path,
+) -> Job:
     image = prepared.inputs[0]
     batch = _batch_of(image)
+    method, percentile, progress = options["method"], options["percentile"], options["progress"]
     key = calibration_cache_key(onnx_sha256(prepared.path), calib.sha256, method, percentile)
-    return _Job(
+    work_dir, cache_dir = options["work_dir"], options["cache_dir"]
+    return Job(
         prepared=prepared,
         calib=calib,
         recipe=rcp,
@@ -242,9 +215,12 @@ def _job(
         percentile=percentile,
         batch=batch,
         reader=FrameReader(image.name, calib.calib, batch=batch, progress=progress),
-        out_path=work_dir / f"model.int8.{recipe}.onnx",
+        out_path=work_dir / f"model.int8.{options['recipe']}.onnx",
         cache_path=cache_dir / "calib" / f"{key}.json",
         progress=progress,
+        budget_mib=options["budget_mib"],
+        tmp_dir=tmp_dir,
+        probe_frames=options["probe_frames"],
     )
 
 
@@ -262,44 +238,75 @@ def quantize(
     auto_exclude: bool = True,
     probe_frames: int = 8,
     max_rounds: int = 3,
+    memory_budget_mib: int | None = None,
+    memory_cap_mib: int | None = None,
+    bias_correction: bool = True,
+    search_float: Sequence[str] = (),
 ) -> QuantizedModel:
     """Quantize ``prepared`` with ``recipe`` into ``work_dir/model.int8.<recipe>.onnx``.
 
     Ranges come from ``cache_dir/calib/<key>.json`` when present (no calibration run), else
     are computed on ``calib.calib`` and saved there (``work_dir`` is used without a cache dir).
+    ``keep_float`` (model.yaml) and ``search_float`` (the accuracy search) stay float;
+    memory and bias correction: see the module docstring.
     """
-    rcp, model = _check_request(prepared, calib, recipe, method, keep_float)
+    keep_float, search_float = _unfolded(prepared, keep_float), _unfolded(prepared, search_float)
+    rcp, model = _check_request(prepared, calib, recipe, method, [*keep_float, *search_float])
+    budget_mib, memory = _budget(memory_budget_mib, memory_cap_mib)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    job = _job(
-        prepared,
-        calib,
-        rcp,
-        recipe=recipe,
-        method=method,
-        percentile=percentile,
-        work_dir=work_dir,
-        cache_dir=Path(cache_dir if cache_dir is not None else work_dir),
-        progress=progress,
-    )
+    options = {
+        "method": method,
+        "percentile": percentile,
+        "progress": progress,
+        "work_dir": work_dir,
+        "cache_dir": Path(cache_dir if cache_dir is not None else work_dir),
+        "budget_mib": budget_mib,
+        "probe_frames": probe_frames,
+        "recipe": recipe,
+    }
     tail = float_tail(model) if rcp.keep_tail_float else []
-    excluded = list(dict.fromkeys([*keep_float, *tail]))
+    reasons = FloatReasons(list(keep_float), list(search_float), tail)
+    excluded = reasons.requested()
     with tempfile.TemporaryDirectory(prefix="quant.", dir=work_dir) as tmp:
-        ranges = _obtain_ranges(job, Path(tmp))
+        job = _job(prepared, calib, rcp, options, Path(tmp))
+        ranges = _obtain_ranges(job)
         progress("quantize", 0.0, f"inserting Q/DQ ({recipe} recipe)")
         job.requantize(excluded)
-        exclusion = Exclusion()
-        if auto_exclude:
-            exclusion = _exclude(job, model, excluded, probe_frames, max_rounds)
+        bias: Mapping[str, Any] = {"enabled": False, "applied": False}
+        if bias_correction:
+            bias = apply_bias_correction(job, excluded)
+        exclusion = _exclude(job, model, excluded, auto_exclude, max_rounds)
         progress("quantize", 1.0, f"wrote {job.out_path.name}")
-    report = _report(job, ranges, exclusion, tail)
-    (work_dir / f"model.int8.{recipe}.json").write_text(json.dumps(report, indent=2, default=str))
+    report = build_report(job, model, reasons, exclusion)
+    report.update(_ranges_report(ranges, job))
+    report["bias_correction"] = dict(bias)
+    report["memory"] = memory
+    return _finish(job, recipe, report, excluded, exclusion)
+
+
+def _finish(
+    job: Job, recipe: str, report: dict[str, Any], excluded: list[str], exclusion: Exclusion
+) -> QuantizedModel:
+    """Write the report beside the model and return the result."""
+    path = job.out_path.with_suffix(".json")
+    path.write_text(json.dumps(report, indent=2, default=str))
     return QuantizedModel(
         path=job.out_path,
         recipe=recipe,
-        method=method,
+        method=job.method,
         excluded_nodes=tuple(excluded + exclusion.auto),
         auto_excluded=tuple(exclusion.auto),
-        calib_sha256=calib.sha256,
+        calib_sha256=job.calib.sha256,
         report=report,
     )
+
+
+def _ranges_report(ranges: _Ranges, job: Job) -> dict[str, Any]:
+    return {
+        "calibration_cache": str(ranges.cache_path),
+        "calibration_cache_hit": ranges.cache_hit,
+        "calibrated_tensors": ranges.calibrated_tensors,
+        "calibration_s": round(ranges.seconds, 3),
+        "reader_batches": job.reader.calls,
+    }

@@ -7,12 +7,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
 
 from agent.core.progress import ProgressFn
-from agent.engine.quantize.probe import find_outliers, node_errors
+from agent.engine.quantize.probe import find_outliers
 
 __all__ = ["Exclusion", "exclude_outliers"]
 
@@ -20,6 +17,9 @@ log = logging.getLogger(__name__)
 
 #: Re-quantize the model keeping the given nodes in float.
 Requantize = Callable[[Sequence[str]], None]
+
+#: Measure the current Q/DQ model: (added error per node, mean output error).
+Measure = Callable[[], tuple[dict[str, float], float]]
 
 
 @dataclass
@@ -47,9 +47,7 @@ def _new_exclusions(
 
 
 def exclude_outliers(
-    float_path: Path,
-    qdq_path: Path,
-    feeds: Sequence[Mapping[str, np.ndarray]],
+    measure: Measure,
     *,
     excluded: Sequence[str],
     consumers: Mapping[str, Sequence[str]],
@@ -57,13 +55,14 @@ def exclude_outliers(
     progress: ProgressFn,
     max_rounds: int,
 ) -> Exclusion:
-    """Measure ``qdq_path`` against ``float_path`` on ``feeds`` and keep outlier nodes float.
+    """Measure the Q/DQ model against float and keep outlier nodes float.
 
     A destroyed tensor hides the next culprit downstream (its added error looks small when its
-    inputs are already wrong), so exclusion runs in up to ``max_rounds`` rounds.
+    inputs are already wrong), so exclusion runs in up to ``max_rounds`` rounds (0: measure
+    only, for the sensitivity ranking).
     """
-    progress("quantize", 0.5, "measuring per-node quantization error")
-    errors, out_err = node_errors(float_path, qdq_path, feeds)
+    progress("probe", 0.0, "measuring per-node quantization error")
+    errors, out_err = measure()
     result = Exclusion(errors=errors, final_errors=errors, out_err=out_err, final_out_err=out_err)
     final_out_err = out_err
     for round_ in range(max_rounds):
@@ -71,9 +70,9 @@ def exclude_outliers(
         if not new:
             break
         result.auto += new
-        progress("quantize", 0.6 + 0.1 * round_, f"keeping in float: {new}")
+        progress("probe", 0.3 + 0.2 * round_, f"keeping in float: {new}")
         requantize([*excluded, *result.auto])
-        result.final_errors, final_out_err = node_errors(float_path, qdq_path, feeds)
+        result.final_errors, final_out_err = measure()
         result.final_out_err = final_out_err
     if result.auto and final_out_err > 0.5 * out_err:
         # Keeping them float did not halve the output error: the spikes were noise,

@@ -28,11 +28,13 @@ def quantize_once(
     method: str,
     exclude: Sequence[str],
     cache_path: Path,
+    source: Path | None = None,
 ) -> None:
-    """One ``quantize_static`` run of ``prepared`` into ``out_path`` with ranges from
-    ``cache_path``, leaving the nodes ``exclude`` in float."""
+    """One ``quantize_static`` run of ``prepared`` (or of ``source``, a rewrite of it with the
+    same tensors) into ``out_path`` with ranges from ``cache_path``, leaving the nodes
+    ``exclude`` in float."""
     quantize_static(
-        str(prepared.path),
+        str(source if source is not None else prepared.path),
         str(out_path),
         calibration_data_reader=reader,
         quant_format=QuantFormat.QDQ,

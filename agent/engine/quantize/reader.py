@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
@@ -12,7 +12,7 @@ from agent.core.errors import CalibrationError
 from agent.core.progress import ProgressFn, no_progress
 from agent.engine.calibration import ADD_FRAMES_FIX
 
-__all__ = ["CALIB_CHUNK", "Chunk", "FrameReader"]
+__all__ = ["FrameReader"]
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,28 @@ class FrameReader(CalibrationDataReader):
     def __len__(self) -> int:
         return self._batches
 
+    def _batch(self, index: int) -> dict[str, np.ndarray]:
+        start = index * self.batch
+        items = [self.tensors[(start + i) % len(self.tensors)] for i in range(self.batch)]
+        feed = items[0] if len(items) == 1 else np.concatenate(items, axis=0)
+        return {self.input_name: feed}
+
     def get_next(self) -> dict[str, np.ndarray] | None:  # type: ignore[override]
         if self._index >= self._end:
             return None
-        start = self._index * self.batch
-        items = [self.tensors[(start + i) % len(self.tensors)] for i in range(self.batch)]
+        feed = self._batch(self._index)
         self._index += 1
         self.calls += 1
         self.progress(
             "calibrate", self._index / self._batches, f"batch {self._index}/{self._batches}"
         )
-        feed = items[0] if len(items) == 1 else np.concatenate(items, axis=0)
-        return {self.input_name: feed}
+        return feed
+
+    def feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every batch once, built one at a time (not counted in ``calls``: the streamed
+        passes after the first use it)."""
+        for index in range(self._batches):
+            yield self._batch(index)
 
     def rewind(self) -> None:
         self._index = 0
@@ -68,21 +78,3 @@ class FrameReader(CalibrationDataReader):
         """Feed only batches ``start_index..end_index-1`` (ONNX Runtime's strided calibration)."""
         self._index = max(0, min(start_index, self._batches))
         self._end = max(self._index, min(end_index, self._batches))
-
-
-#: Frames (batches) per calibrator pass: activations of this many frames are held at once.
-CALIB_CHUNK = 8
-
-
-class Chunk(CalibrationDataReader):
-    """At most ``limit`` batches of ``reader``: a CalibrationDataReader-compatible view."""
-
-    def __init__(self, reader: FrameReader, limit: int) -> None:
-        self.reader = reader
-        self.left = limit
-
-    def get_next(self) -> dict[str, np.ndarray] | None:  # type: ignore[override]
-        if self.left <= 0:
-            return None
-        self.left -= 1
-        return self.reader.get_next()

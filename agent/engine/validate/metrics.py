@@ -5,6 +5,9 @@
   detection of the same class with IoU ≥ 0.5 (``ref_matched``), and the symmetric fraction of
   candidate detections matched by a reference one (``cand_matched``); the gate uses the minimum;
 * ``raw`` — mean relative error ``Σ|cand − ref| / Σ|ref|`` over all outputs (lower is better).
+
+Each is an accumulator that takes one frame's outputs at a time (:func:`make_agreement`), so the
+gate never holds more than one frame's outputs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,18 @@ from agent.core.errors import ValidationFailed
 from agent.engine.validate.results import MetricResult
 from agent.vision.decode import Detections, box_iou, decode_yolov8
 
-__all__ = ["MATCH_IOU", "box_agreement", "compare_outputs", "select_output", "tolerance_for"]
+__all__ = [
+    "MATCH_IOU",
+    "Agreement",
+    "BoxAgreement",
+    "RelativeError",
+    "Top1Agreement",
+    "box_agreement",
+    "compare_outputs",
+    "make_agreement",
+    "select_output",
+    "tolerance_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +71,7 @@ def _match_count(ref: Detections, cand: Detections, iou_min: float) -> int:
     return matched
 
 
-def box_agreement(
-    reference: Sequence[Detections],
-    candidate: Sequence[Detections],
-    iou_min: float = MATCH_IOU,
-) -> MetricResult:
-    """Matched-box agreement over frames; value = min(ref_matched, cand_matched)."""
-    n_ref = sum(len(d) for d in reference)
-    n_cand = sum(len(d) for d in candidate)
-    matched = sum(_match_count(r, c, iou_min) for r, c in zip(reference, candidate, strict=True))
+def _box_result(n_ref: int, n_cand: int, matched: int, iou_min: float) -> MetricResult:
     ref_frac = matched / n_ref if n_ref else (1.0 if n_cand == 0 else 0.0)
     cand_frac = matched / n_cand if n_cand else (1.0 if n_ref == 0 else 0.0)
     return MetricResult(
@@ -83,6 +89,101 @@ def box_agreement(
     )
 
 
+def box_agreement(
+    reference: Sequence[Detections],
+    candidate: Sequence[Detections],
+    iou_min: float = MATCH_IOU,
+) -> MetricResult:
+    """Matched-box agreement over frames; value = min(ref_matched, cand_matched)."""
+    n_ref = sum(len(d) for d in reference)
+    n_cand = sum(len(d) for d in candidate)
+    matched = sum(_match_count(r, c, iou_min) for r, c in zip(reference, candidate, strict=True))
+    return _box_result(n_ref, n_cand, matched, iou_min)
+
+
+class Top1Agreement:
+    """Streaming top-1 agreement: one frame at a time."""
+
+    def __init__(self, config: ModelBundleConfig) -> None:
+        self.spec = config.output
+        self.agree = 0
+        self.frames = 0
+
+    def add(self, ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray]) -> None:
+        r = np.asarray(select_output(ref, self.spec)).reshape(-1)
+        c = np.asarray(select_output(cand, self.spec)).reshape(-1)
+        self.agree += int(np.argmax(r) == np.argmax(c))
+        self.frames += 1
+
+    def result(self) -> MetricResult:
+        value = self.agree / self.frames if self.frames else 1.0
+        return MetricResult(
+            "top1_agreement", value, True, {"agree": self.agree, "frames": self.frames}
+        )
+
+
+class BoxAgreement:
+    """Streaming matched-box agreement: per frame only the counts are kept."""
+
+    def __init__(self, config: ModelBundleConfig) -> None:
+        spec = config.output
+        self.spec = spec
+        self.kwargs = {
+            "conf": spec.conf_threshold,
+            "iou": spec.iou_threshold,
+            "max_det": spec.max_detections,
+        }
+        self.n_ref = self.n_cand = self.matched = self.frames = 0
+
+    def add(self, ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray]) -> None:
+        ref_dets = decode_yolov8(select_output(ref, self.spec), **self.kwargs)
+        cand_dets = decode_yolov8(select_output(cand, self.spec), **self.kwargs)
+        for r, c in zip(ref_dets, cand_dets, strict=True):
+            self.n_ref += len(r)
+            self.n_cand += len(c)
+            self.matched += _match_count(r, c, MATCH_IOU)
+        self.frames += 1
+
+    def result(self) -> MetricResult:
+        result = _box_result(self.n_ref, self.n_cand, self.matched, MATCH_IOU)
+        result.details["frames"] = self.frames
+        return result
+
+
+class RelativeError:
+    """Streaming ``sum|cand - ref| / sum|ref|`` over all outputs."""
+
+    def __init__(self, config: ModelBundleConfig) -> None:
+        self.num = 0.0
+        self.den = 0.0
+        self.frames = 0
+
+    def add(self, ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray]) -> None:
+        for name, ref_arr in ref.items():
+            a = np.asarray(ref_arr, dtype=np.float64)
+            b = np.asarray(cand[name], dtype=np.float64)
+            self.num += float(np.abs(b - a).sum())
+            self.den += float(np.abs(a).sum())
+        self.frames += 1
+
+    def result(self) -> MetricResult:
+        num, den = self.num, self.den
+        value = num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+        return MetricResult("relative_error", value, False, {"frames": self.frames})
+
+
+Agreement = Top1Agreement | BoxAgreement | RelativeError
+
+
+def make_agreement(config: ModelBundleConfig) -> Agreement:
+    """The streaming agreement accumulator of the bundle's task."""
+    if config.task == "classify":
+        return Top1Agreement(config)
+    if config.task == "detect":
+        return BoxAgreement(config)
+    return RelativeError(config)
+
+
 def compare_outputs(
     config: ModelBundleConfig,
     reference: Sequence[Mapping[str, np.ndarray]],
@@ -91,42 +192,10 @@ def compare_outputs(
     """The task-aware agreement of candidate outputs with reference outputs (one per frame)."""
     if len(reference) != len(candidate):
         raise ValueError("reference and candidate need the same number of frames")
-    spec = config.output
-    if config.task == "classify":
-        ref = [np.asarray(select_output(o, spec)).reshape(-1) for o in reference]
-        cand = [np.asarray(select_output(o, spec)).reshape(-1) for o in candidate]
-        same = sum(int(np.argmax(r) == np.argmax(c)) for r, c in zip(ref, cand, strict=True))
-        frames = len(ref)
-        return MetricResult(
-            "top1_agreement",
-            same / frames if frames else 1.0,
-            True,
-            {"agree": same, "frames": frames},
-        )
-    if config.task == "detect":
-        ref_dets: list[Detections] = []
-        cand_dets: list[Detections] = []
-        for r, c in zip(reference, candidate, strict=True):
-            kwargs = {
-                "conf": spec.conf_threshold,
-                "iou": spec.iou_threshold,
-                "max_det": spec.max_detections,
-            }
-            ref_dets.extend(decode_yolov8(select_output(r, spec), **kwargs))
-            cand_dets.extend(decode_yolov8(select_output(c, spec), **kwargs))
-        result = box_agreement(ref_dets, cand_dets)
-        result.details["frames"] = len(reference)
-        return result
-    num = 0.0
-    den = 0.0
+    acc = make_agreement(config)
     for r, c in zip(reference, candidate, strict=True):
-        for name, ref_arr in r.items():
-            a = np.asarray(ref_arr, dtype=np.float64)
-            b = np.asarray(c[name], dtype=np.float64)
-            num += float(np.abs(b - a).sum())
-            den += float(np.abs(a).sum())
-    value = num / den if den > 0 else (0.0 if num == 0 else float("inf"))
-    return MetricResult("relative_error", value, False, {"frames": len(reference)})
+        acc.add(r, c)
+    return acc.result()
 
 
 def tolerance_for(config: ModelBundleConfig) -> float:

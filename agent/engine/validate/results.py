@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GateReport", "LatencyStats", "MetricResult", "PrecisionResult"]
+__all__ = [
+    "GatePower",
+    "GateReport",
+    "LatencyStats",
+    "MetricResult",
+    "PrecisionResult",
+    "TaskMetric",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,100 @@ class MetricResult:
     details: dict[str, Any] = field(default_factory=dict[str, Any])
 
 
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """A task metric against the held-out labels (``top1_accuracy`` or ``map50``) with its 95 %
+    interval; for a candidate also the difference to the float reference (``delta``, paired
+    95 % interval), the largest drop allowed and whether it stays within it."""
+
+    metric: str
+    value: float
+    ci_low: float
+    ci_high: float
+    frames: int
+    objects: int
+    method: str
+    delta: float | None = None
+    delta_low: float | None = None
+    delta_high: float | None = None
+    drop_max: float | None = None
+    passed: bool | None = None
+
+    def describe(self) -> str:
+        text = f"{self.metric} {self.value:.4f} [{self.ci_low:.4f}, {self.ci_high:.4f}]"
+        if self.delta is not None:
+            text += f", {self.delta * 100:+.2f} pt vs float"
+            if self.delta_low is not None and self.delta_high is not None:
+                text += f" [{self.delta_low * 100:+.2f}, {self.delta_high * 100:+.2f}]"
+            if self.drop_max is not None:
+                text += f" (may drop {self.drop_max * 100:g} pt)"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TaskMetric:
+        passed = data.get("passed")
+        return cls(
+            metric=str(data["metric"]),
+            value=float(data["value"]),
+            ci_low=float(data["ci_low"]),
+            ci_high=float(data["ci_high"]),
+            frames=int(data.get("frames", 0)),
+            objects=int(data.get("objects", 0)),
+            method=str(data.get("method", "")),
+            delta=_opt_float(data.get("delta")),
+            delta_low=_opt_float(data.get("delta_low")),
+            delta_high=_opt_float(data.get("delta_high")),
+            drop_max=_opt_float(data.get("drop_max")),
+            passed=None if passed is None else bool(passed),
+        )
+
+
+@dataclass(frozen=True)
+class GatePower:
+    """The gate's power at the count it compared: the probability that a candidate whose true
+    agreement is ``true_agreement`` fails ``tolerance`` with ``trials`` frames (or boxes);
+    ``required`` trials reach ``target`` (see :mod:`agent.engine.validate.power`)."""
+
+    unit: str
+    trials: int
+    tolerance: float
+    true_agreement: float
+    power: float
+    target: float
+    required: int
+
+    @property
+    def enough(self) -> bool:
+        return self.required <= 0 or self.trials >= self.required
+
+    @property
+    def units(self) -> str:
+        """The unit, plural (frames, boxes)."""
+        return self.unit + ("es" if self.unit.endswith("x") else "s")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GatePower:
+        return cls(
+            unit=str(data["unit"]),
+            trials=int(data["trials"]),
+            tolerance=float(data["tolerance"]),
+            true_agreement=float(data["true_agreement"]),
+            power=float(data["power"]),
+            target=float(data.get("target", 0.95)),
+            required=int(data["required"]),
+        )
+
+
 @dataclass(frozen=True)
 class PrecisionResult:
     """The gate's verdict on one precision."""
@@ -73,6 +174,7 @@ class PrecisionResult:
     higher_is_better: bool
     latency: LatencyStats | None
     details: dict[str, Any] = field(default_factory=dict[str, Any])
+    task_metric: TaskMetric | None = None
 
     @property
     def p50_ms(self) -> float | None:
@@ -81,10 +183,13 @@ class PrecisionResult:
     def describe(self) -> str:
         op = "≥" if self.higher_is_better else "≤"
         verdict = "passes" if self.passed else "FAILS"
-        return (
+        text = (
             f"{self.precision} {verdict}: {self.metric} {self.value:.4f} "
             f"(needs {op} {self.tolerance:g})"
         )
+        if self.task_metric is not None:
+            text += f", {self.task_metric.describe()}"
+        return text
 
     def to_json(self) -> dict[str, Any]:
         lat = self.latency
@@ -106,6 +211,7 @@ class PrecisionResult:
             },
             "throughput": None if lat is None else round(lat.throughput, 2),
             "details": self.details,
+            "task_metric": None if self.task_metric is None else self.task_metric.to_json(),
         }
 
     @classmethod
@@ -131,6 +237,9 @@ class PrecisionResult:
             higher_is_better=bool(data.get("higher_is_better", True)),
             latency=latency,
             details=dict(data.get("details", {})),
+            task_metric=TaskMetric.from_json(data["task_metric"])
+            if data.get("task_metric")
+            else None,
         )
 
 
@@ -146,6 +255,10 @@ class GateReport:
     chosen: str | None = None
     why: str = ""
     measured_at: str = ""
+    reference_metric: TaskMetric | None = None
+    power: GatePower | None = None
+    notes: list[str] = field(default_factory=list[str])
+    heldout: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -157,6 +270,12 @@ class GateReport:
             "why": self.why,
             "measured_at": self.measured_at,
             "results": {p: r.to_json() for p, r in self.results.items()},
+            "heldout": self.heldout,
+            "reference_metric": None
+            if self.reference_metric is None
+            else self.reference_metric.to_json(),
+            "power": None if self.power is None else self.power.to_json(),
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -170,7 +289,34 @@ class GateReport:
             chosen=data.get("chosen"),
             why=str(data.get("why", "")),
             measured_at=str(data.get("measured_at", "")),
+            reference_metric=TaskMetric.from_json(data["reference_metric"])
+            if data.get("reference_metric")
+            else None,
+            power=GatePower.from_json(data["power"]) if data.get("power") else None,
+            notes=[str(n) for n in data.get("notes", [])],
+            heldout=str(data.get("heldout", "")),
         )
+
+    def summary_lines(self) -> list[str]:
+        """Human lines: task metrics against labels (float and candidates) and the power."""
+        lines: list[str] = []
+        if self.reference_metric is not None:
+            ref = self.reference_metric
+            lines.append(
+                f"labelled held-out ({ref.frames} frames, {self.heldout or 'heldout/'}): "
+                f"float {ref.describe()}"
+            )
+            for prec, r in self.results.items():
+                if r.task_metric is not None:
+                    lines.append(f"  {prec}: {r.task_metric.describe()}")
+        if self.power is not None:
+            p = self.power
+            lines.append(
+                f"gate power: {p.power:.3f} to fail a candidate with true agreement "
+                f"{p.true_agreement:g} (tolerance {p.tolerance:g}) on {p.trials} {p.units} "
+                f"({p.required} needed for {p.target:.0%})"
+            )
+        return lines
 
     def table_rows(self) -> list[list[str]]:
         rows: list[list[str]] = []
