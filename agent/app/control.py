@@ -1,6 +1,8 @@
 """The daemon's answers to fleet commands: :class:`DaemonControl` implements
-:class:`agent.comms.ports.Control`. It runs on the command worker thread; every action is
-either thread-safe or asks the main loop (a reload)."""
+:class:`agent.comms.ports.Control`. Its methods run on the dispatcher's command lanes
+(``config_json`` and ``latest_frame`` on ``fast``, the rest one at a time on ``long``), never on
+the ``ota`` lane that carries OTA messages; every action is either thread-safe or asks the main
+loop (a reload)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 #: longest a ``rollback-model`` command waits for the rollback before answering "queued"
 ROLLBACK_WAIT_S = 5.0
 #: ``calib-collect``: at most this many frames per request, one every this many seconds (the
-#: command worker, which also carries OTA messages, is busy for at most ~20 s)
+#: ``long`` command lane is busy for at most ~20 s; ``ping`` and OTA messages go on meanwhile)
 CALIB_MAX_FRAMES = 100
 CALIB_SPACING_S = 0.2
 

@@ -1,6 +1,11 @@
 """Engine preparation for the served models: each model's engine is built in the isolated child
 (or taken from the cache) and loaded, on a :class:`Job` thread while the main loop keeps
-answering signals and systemd."""
+answering signals and systemd.
+
+The whole build runs in the memory-capped child (:func:`build_engine_isolated`): the daemon
+parses no model; the bundle it serves is read back with :func:`served_bundle` (``model.yaml``,
+labels, and what the child recorded in the artifact manifest). Scratch directories that
+SIGKILLed builds left in the engine cache are swept before the first build."""
 
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ from agent.config.device import DeviceProfile
 from agent.config.model import ModelRef
 from agent.core.logs import log_fields
 from agent.core.progress import ProgressFn, no_progress
-from agent.engine.build.orchestrator import build_engine
+from agent.engine.build.isolated import BuildJob, build_engine_isolated
 from agent.engine.build.outcome import BuildOutcome
-from agent.engine.bundle import ModelBundle, load_bundle
+from agent.engine.bundle import ModelBundle, served_bundle
+from agent.engine.cache import EngineCache
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +80,28 @@ class EnginePreparer:
         self.events = events
         self.cache_dir = cache_dir
         self.progress_factory = progress_factory
+        self._swept: set[Path] = set()
 
     def prepare(
         self, cfg: AgentConfig, profile: DeviceProfile, l4t: str | None, names: Sequence[str]
     ) -> dict[str, PreparedModel]:
         refs = {m.name: m for m in cfg.models}
+        self.sweep(cfg)
         return {name: self._one(refs[name], cfg, profile, l4t) for name in names}
+
+    def sweep(self, cfg: AgentConfig) -> None:
+        """Once per cache directory (at start): remove the scratch directories of builds that
+        were killed (never one a live build holds)."""
+        root = Path(self.cache_dir(cfg))
+        if root in self._swept:
+            return
+        self._swept.add(root)
+        removed = EngineCache(root).sweep()
+        if removed:
+            log.info(
+                "removed leftover build directories",
+                extra=log_fields(event="cache.sweep", count=len(removed), cache=str(root)),
+            )
 
     def _one(
         self, ref: ModelRef, cfg: AgentConfig, profile: DeviceProfile, l4t: str | None
@@ -95,11 +117,12 @@ class EnginePreparer:
                  "message": message},
             )  # fmt: skip
 
+        job = BuildJob(
+            ref.bundle, profile, precision=ref.precision, calib_dir=ref.calib_dir,
+            cache_dir=self.cache_dir(cfg), l4t_release=l4t,
+        )  # fmt: skip
         try:
-            outcome = build_engine(
-                ref.bundle, profile, precision=ref.precision, calib_dir=ref.calib_dir,
-                cache_dir=self.cache_dir(cfg), l4t_release=l4t, progress=progress,
-            )  # fmt: skip
+            outcome = build_engine_isolated(job, progress)
         finally:
             close = getattr(printer, "close", None)
             if callable(close):
@@ -112,4 +135,4 @@ class EnginePreparer:
                 cache_hit=outcome.cache_hit,
             ),
         )  # fmt: skip
-        return PreparedModel(ref, outcome, load_bundle(ref.bundle))
+        return PreparedModel(ref, outcome, served_bundle(ref.bundle, outcome.artifact))

@@ -17,7 +17,7 @@ from agent.app.events import EventBus
 from agent.app.exits import RunError
 from agent.app.pipeline_component import PipelineComponent
 from agent.engine.artifact import engine_sha256_or_none
-from agent.engine.bundle import load_bundle
+from agent.engine.bundle import served_bundle
 from agent.engine.cache import load_artifact
 from agent.pipeline.pipeline import Pipeline
 from agent.pipeline.stats import PipelineStats
@@ -87,8 +87,8 @@ class ModelRegistry:
         """Serve ``artifact_dir`` (built from ``bundle_dir``) for ``model``: the pipeline's pool
         is swapped between frames (see :meth:`Pipeline.swap`); later restarts and reloads use
         the new bundle. Raises, with the old model still serving, when the swap fails."""
-        bundle = load_bundle(bundle_dir)
         artifact = load_artifact(artifact_dir)
+        bundle = served_bundle(bundle_dir, artifact)  # no model parse in the daemon
         with self.swap_lock:
             comp = self.pipelines.get(model)
             if comp is None or comp.pipeline is None:

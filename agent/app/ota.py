@@ -133,6 +133,7 @@ class OtaComponent:
         return {
             "update": self.updater.status(),
             "committed": {k: v.version for k, v in self.updater.committed().items()},
+            "dropped": self.updater.dropped(),
         }
 
     def stop(self, timeout: float) -> None:

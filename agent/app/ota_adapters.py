@@ -2,7 +2,8 @@
 running pipelines.
 
 * :class:`EngineBuilderAdapter` (``EngineBuilder``): builds through :func:`engine_build_hook`
-  (isolated child, engine cache: a rollback to a version built before is a cache hit) and
+  (the whole build in the isolated, memory-capped child, engine cache: a rollback to a version
+  built before is a cache hit; the daemon itself reads only ``model.yaml`` and hashes) and
   checks golden outputs with :class:`GoldenChecker`.
 * :class:`PipelineServing` (``ModelServing``): hot swap between frames, probation figures from
   the model's pipeline stats.
@@ -26,8 +27,8 @@ from agent.config.device import DeviceProfile
 from agent.core.errors import OtaError, OtaReason, ValidationFailed
 from agent.core.progress import ProgressFn, no_progress
 from agent.engine.artifact import engine_sha256
-from agent.engine.build.orchestrator import build_engine
-from agent.engine.bundle import load_bundle
+from agent.engine.build.isolated import BuildJob, build_engine_isolated
+from agent.engine.bundle import read_bundle_files
 from agent.engine.cache import load_artifact
 from agent.ota.manifest import Golden, GoldenCase, validate_manifest
 from agent.ota.record import BuildResult, ProbationSample
@@ -61,17 +62,17 @@ def engine_build_hook(
     calib = dict(calib_dirs or {})
 
     def build(bundle_dir: Path) -> BuildResult:
-        name = load_bundle(bundle_dir).config.name
-        outcome = build_engine(
+        name = read_bundle_files(bundle_dir).config.name
+        job = BuildJob(
             bundle_dir,
             profile,
             precision=precision,  # pyright: ignore[reportArgumentType]
             calib_dir=calib.get(name),
             cache_dir=cache_dir,
             l4t_release=l4t_release,
-            progress=progress,
             gate_seconds=gate_seconds,
         )
+        outcome = build_engine_isolated(job, progress)
         artifact = outcome.artifact
         chosen = outcome.report.results.get(artifact.precision)
         fps = None

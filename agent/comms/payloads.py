@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.core.errors import CommsError
+from agent.core.jsonlimits import sanitize_text
 
 SCHEMA_STATE = "edge-agent/state/1"
 SCHEMA_METRICS = "edge-agent/metrics/1"
@@ -89,7 +90,10 @@ class MetricsBody(_Payload):
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    # "replace": a lone surrogate that slipped into a string (a name from the network) becomes
+    # "?" instead of failing the publish; the senders sanitize names first (sanitize_text)
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+    return text.encode("utf-8", "replace")
 
 
 def _validate(model: type[_Payload], data: dict[str, Any], what: str) -> dict[str, Any]:
@@ -200,18 +204,24 @@ def response_payload(
     error_code: str | None = None,
     error: str | None = None,
     ts: float | None = None,
+    retry_after_s: float | None = None,
 ) -> bytes:
-    """``.../cmd/response``: the answer to one request, carrying its ``id``."""
+    """``.../cmd/response``: the answer to one request, carrying its ``id``; ``retry_after_s``
+    with the ``busy`` and ``rate_limited`` errors. The command name and the message (both may
+    come from the network) are sanitized."""
     doc: dict[str, Any] = {
         "schema": SCHEMA_CMD_RESPONSE,
         "device": device,
         "id": request_id,
-        "command": command,
+        "command": None if command is None else sanitize_text(command, max_len=64),
         "ok": ok,
         "ts": round(time.time() if ts is None else ts, 3),
     }
     if ok:
         doc["result"] = result
     else:
-        doc["error"] = {"code": error_code or "failed", "message": error or ""}
+        message = sanitize_text(error or "", max_len=1024)
+        doc["error"] = {"code": error_code or "failed", "message": message}
+    if retry_after_s is not None:
+        doc["retry_after_s"] = round(retry_after_s, 1)
     return _dump(doc)

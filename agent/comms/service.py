@@ -18,8 +18,9 @@ All ``publish_*`` calls return at once and are safe from any thread. Metrics and
 appended to the spool (``<state_dir>/comms/spool``) first and leave it only on PUBACK, so they
 survive broker outages and agent restarts (duplicates possible: ``seq`` is unique per device
 across restarts, dedupe on it).
-``on_ota_message(topic, payload)`` and the :class:`~agent.comms.ports.Control` methods run
-on the command worker thread, never on paho's network thread.
+``on_ota_message(topic, payload)`` runs on the dispatcher's ``ota`` lane and the
+:class:`~agent.comms.ports.Control` methods on its ``fast``/``long`` command lanes, never on
+paho's network thread (:mod:`agent.comms.commands.dispatch`).
 Retained OTA messages arrive again after every reconnect: the OTA handler must be idempotent.
 The daemon decides whether to build the service at all (``mqtt.enabled``).
 """
@@ -80,6 +81,12 @@ class CommsStatus:
     connects: int
     commands_executed: int
     commands_refused: int
+    commands_busy: int
+    """Requests answered ``busy`` (their lane was full)."""
+    commands_rate_limited: int
+    """Requests answered ``rate_limited`` (their client's token bucket was empty)."""
+    commands_dropped: int
+    """Requests (unreadable, no usable id) and OTA messages (lane full) dropped unanswered."""
     last_error: str | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -294,6 +301,9 @@ class CommsService(Closeable):
             connects=client.connects if client else 0,
             commands_executed=disp.executed if disp else 0,
             commands_refused=disp.refused if disp else 0,
+            commands_busy=disp.busy if disp else 0,
+            commands_rate_limited=disp.rate_limited if disp else 0,
+            commands_dropped=sum(disp.dropped.values()) if disp else 0,
             last_error=self.last_error or (client.last_error if client else None),
         )
 
@@ -363,7 +373,7 @@ class CommsService(Closeable):
         if self.topics.is_ota(topic) and self.on_ota_message is not None:
             handler = self.on_ota_message
             if len(payload) > self.cfg.max_payload_kib * 1024:
-                log.warning("ota message too large; ignored", extra=log_fields(topic=topic))
+                disp.drop("ota", "ota_too_large", size=len(payload))
                 return
 
             def deliver() -> None:
@@ -372,4 +382,4 @@ class CommsService(Closeable):
                 except Exception:
                     log.exception("ota handler failed", extra=log_fields(topic=topic))
 
-            disp.call_soon("ota", deliver)
+            disp.call_soon("ota", deliver, len(payload))

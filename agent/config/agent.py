@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import NAME_PATTERN, Strict, at
-from agent.config.broker import MqttConfig
+from agent.config.broker import MqttConfig, check_device_id
 from agent.config.model import ModelRef
 
 SourceType = Literal["file", "images", "v4l2", "rtsp", "http", "gstreamer", "synthetic"]
@@ -88,7 +88,9 @@ class OtaConfig(Strict):
         gt=0,
         le=3600,
         title="Download timeout (s)",
-        description="Socket timeout of one bundle file download (http, https, file).",
+        description="Time a bundle download may take on top of 1 s per 64 KiB of the bundle: "
+        "one deadline over name lookup, connect, TLS, headers and body of all its files "
+        "(http, https, file); past it the update fails with download_timeout.",
     )
     inline_timeout_s: float = Field(
         default=300.0,
@@ -224,7 +226,10 @@ class AgentConfig(Strict):
     """``agent.yaml``."""
 
     device_id: str = Field(
-        pattern=NAME_PATTERN, title="Device id", description="Unique per device."
+        pattern=NAME_PATTERN,
+        title="Device id",
+        description="Unique per device; also its broker username (docs/broker-acl.md). Not a "
+        "topic-layout word (group, ota, cmd, ...).",
     )
     fleet: str = Field(pattern=NAME_PATTERN, title="Fleet", description="Fleet/group name.")
     profile: str = Field(
@@ -265,6 +270,11 @@ class AgentConfig(Strict):
         title="Daemon",
         description="Service behaviour: stop drain, restart budget, watchdog progress timeout.",
     )
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        return check_device_id(v)
 
     @model_validator(mode="after")
     def _refs(self) -> AgentConfig:

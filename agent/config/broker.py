@@ -28,6 +28,34 @@ class TlsConfig(Strict):
         return self
 
 
+RESERVED_NAMES = frozenset(
+    {"edge", "group", "state", "metrics", "events", "detections", "model", "ota", "cmd", "response"}
+)
+"""The fixed levels of the MQTT topic layout (``agent.comms.topics.LAYOUT_WORDS``, kept equal
+by a test): none may be a device id, or the device's tree ``edge/<fleet>/<device>/...`` would
+overlap a group's ``edge/<fleet>/group/<group>/ota`` or another level of the layout."""
+
+
+def check_device_id(value: str) -> str:
+    """``value`` when it can be a device id (and a broker username, see docs/broker-acl.md);
+    else ``ValueError`` with the fix. ``NAME_PATTERN`` already keeps out the MQTT wildcards
+    ``+`` and ``#``, ``/``, a leading ``$`` and the empty id."""
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a device id: use 1-63 lower-case letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit (no MQTT wildcard '+' or '#', no '/', no "
+            "leading '$')"
+        )
+    if value in RESERVED_NAMES:
+        raise ValueError(
+            f"{value!r} is reserved: it is a level of the MQTT topic layout (e.g. "
+            "edge/<fleet>/group/<group>/ota), so a device with this id could reach group "
+            f"topics; choose another id, e.g. '{value}-1' (reserved: "
+            f"{', '.join(sorted(RESERVED_NAMES))})"
+        )
+    return value
+
+
 _MQTT_URL = re.compile(r"^mqtts?://[^\s/:]+(:\d{1,5})?/?$")
 
 

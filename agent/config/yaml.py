@@ -1,7 +1,9 @@
 """Load YAML keeping the source line of every key, and map pydantic errors back to lines.
 
 Validation errors are printed as ``file:line: key: message`` and say how to fix the problem
-(an unknown key names the nearest valid key).
+(an unknown key names the nearest valid key). Parsing is bounded (:mod:`agent.config.yamlbounded`:
+file size, nesting depth, nodes after alias expansion, no alias cycles), so a YAML bomb is a
+located error in milliseconds; a duplicate key is an error too (PyYAML would keep the last one).
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ from typing import Any, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from yaml.constructor import ConstructorError
+from yaml.reader import ReaderError
 
+from agent.config.yamlbounded import (
+    DEFAULT_LIMITS,
+    YamlLimitError,
+    YamlLimits,
+    compose_bounded,
+    construct_bounded,
+)
 from agent.core.errors import ConfigError, ConfigIssue
 
 Loc = tuple[str | int, ...]
 _AT = re.compile(r"^\[([\w.-]+)\] (.*)$", re.S)
 M = TypeVar("M", bound=BaseModel)
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass
@@ -42,52 +54,134 @@ class YamlDoc:
         return self.lines.get((), 1)
 
 
-def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            child = (*loc, key)
-            lines[child] = key_node.start_mark.line + 1
-            _walk(value_node, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            child = (*loc, index)
-            lines[child] = item.start_mark.line + 1
-            _walk(item, child, lines)
+def _key_of(key_node: yaml.Node) -> str:
+    return key_node.value if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.tag}>"
 
 
-def parse_yaml(text: str, path: str) -> YamlDoc:
-    """Parse ``text``; a syntax error becomes a :class:`ConfigError` with its line."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        problem = exc.problem or str(exc)
-        raise ConfigError(
-            [
+def _duplicates(node: yaml.MappingNode, loc: Loc, path: str) -> list[ConfigIssue]:
+    """A key written twice in one mapping (PyYAML would silently keep the last one)."""
+    seen: dict[tuple[str, str], int] = {}
+    issues: list[ConfigIssue] = []
+    for key_node, _value in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
+            continue
+        line = key_node.start_mark.line + 1
+        key = (key_node.tag, key_node.value)
+        if key not in seen:
+            seen[key] = line
+        else:
+            issues.append(
                 ConfigIssue(
                     path,
                     line,
-                    "(yaml)",
-                    f"YAML syntax error: {problem}; fix the indentation or quoting on this line",
+                    ".".join(str(p) for p in (*loc, key_node.value))[:120],
+                    f"duplicate key (also on line {seen[key]}); keep one of the two",
                 )
-            ]
-        ) from exc
+            )
+    return issues
+
+
+def _line_map(root: yaml.Node, path: str) -> dict[Loc, int]:
+    """The line of every key and list item (aliases expanded), walked with an explicit stack.
+
+    The walk is bounded: :class:`BoundedLoader` already refused documents that expand past
+    ``max_nodes``. A duplicate key is a :class:`ConfigError`.
+    """
+    lines: dict[Loc, int] = {(): root.start_mark.line + 1}
+    issues: list[ConfigIssue] = []
+    checked: set[int] = set()
+    stack: list[tuple[yaml.Node, Loc]] = [(root, ())]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            if id(node) not in checked:
+                checked.add(id(node))
+                issues.extend(_duplicates(node, loc, path))
+            for key_node, value_node in reversed(node.value):
+                child = (*loc, _key_of(key_node))
+                lines.setdefault(child, key_node.start_mark.line + 1)
+                stack.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[(*loc, index)] = item.start_mark.line + 1
+                stack.append((item, (*loc, index)))
+    if issues:
+        raise ConfigError(sorted(issues, key=lambda i: i.line))
+    return lines
+
+
+def _yaml_issue(exc: yaml.YAMLError, text: str, path: str) -> ConfigIssue:
+    """One located issue for a YAML error, with the fix that fits its kind."""
+    if isinstance(exc, YamlLimitError):
+        mark = exc.problem_mark
+        return ConfigIssue(
+            path, mark.line + 1 if mark is not None else 1, "(yaml)", f"{exc.problem}; {exc.fix}"
+        )
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or str(exc)
+        if isinstance(exc, ConstructorError):
+            fix = "fix the value on this line (quote it to keep it as text)"
+            return ConfigIssue(path, line, "(yaml)", f"invalid YAML value: {problem}; {fix}")
+        return ConfigIssue(
+            path,
+            line,
+            "(yaml)",
+            f"YAML syntax error: {problem}; fix the indentation or quoting on this line",
+        )
+    if isinstance(exc, ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        shown = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+        return ConfigIssue(
+            path,
+            line,
+            "(yaml)",
+            f"character {shown} is not allowed in YAML; remove it or write it escaped "
+            'in a double-quoted string ("\\x01")',
+        )
+    return ConfigIssue(path, 1, "(yaml)", f"YAML error: {exc}")
+
+
+def parse_yaml(text: str, path: str, limits: YamlLimits = DEFAULT_LIMITS) -> YamlDoc:
+    """Parse ``text`` within ``limits``; any YAML problem becomes a located :class:`ConfigError`.
+
+    Aliases, nesting and size are bounded while composing (a YAML bomb is an error in
+    milliseconds), duplicate keys are refused, and the data is built from the checked nodes.
+    """
+    try:
+        node = compose_bounded(text, limits)
+        lines = _line_map(node, path) if node is not None else {}
+        data = construct_bounded(node) if node is not None else None
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(path, 1, "(yaml)", f"YAML error: {exc}")]) from exc
-    lines: dict[Loc, int] = {}
-    if node is not None:
-        _walk(node, (), lines)
+        raise ConfigError([_yaml_issue(exc, text, path)]) from exc
     return YamlDoc(path=path, data=data, lines=lines)
 
 
-def read_yaml(path: Path) -> YamlDoc:
+def _read_text(path: Path, limit: int) -> str:
+    """At most ``limit`` bytes of ``path`` as UTF-8 (``/dev/zero`` or a huge file stop at once)."""
+    with path.open("rb") as handle:
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    str(path),
+                    0,
+                    "(file)",
+                    f"file is larger than {limit} bytes; configuration files are a few KiB, "
+                    "check that this is the right file",
+                )
+            ]
+        )
+    return raw.decode("utf-8")
+
+
+def read_yaml(path: Path, limits: YamlLimits = DEFAULT_LIMITS) -> YamlDoc:
     """Read and parse a YAML file; unreadable files become a :class:`ConfigError`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path, limits.max_bytes)
     except FileNotFoundError as exc:
         raise ConfigError(
             [ConfigIssue(str(path), 0, "(file)", "file not found; check the path")]
@@ -104,7 +198,7 @@ def read_yaml(path: Path) -> YamlDoc:
                 )
             ]
         ) from exc
-    return parse_yaml(text, str(path))
+    return parse_yaml(text, str(path), limits)
 
 
 def _unwrap(annotation: Any) -> list[Any]:

@@ -145,6 +145,7 @@ class OtaReason(str, Enum):
     # an update that failed (OtaError)
     FAILED = "failed"
     FETCH_FAILED = "fetch_failed"
+    DOWNLOAD_TIMEOUT = "download_timeout"
     INCOMPLETE = "incomplete"
     STATE_CORRUPT = "state_corrupt"
     TRUST_STORE = "trust_store"

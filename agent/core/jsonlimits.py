@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,37 +38,30 @@ class JsonRejected(ValueError):
         self.detail = detail
 
 
-_OPEN = {ord("["), ord("{")}
-_CLOSE = {ord("]"), ord("}")}
-_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
+#: a JSON string (escapes included); everything between quotes is skipped by the scan
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+#: the bytes that open or close a container or separate items, outside strings
+_STRUCTURE = re.compile(rb"[\[\]{},]")
+_OPENERS = (b"[", b"{")
 
 
 def _scan(data: bytes, limits: JsonLimits) -> None:
-    """Depth and item count of ``data`` by one pass over the bytes (strings skipped)."""
+    """Depth and item count of ``data``: strings are cut out by one regex pass (C speed), then
+    only the structural bytes are walked."""
     depth = items = 0
-    in_string = escaped = False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == _BACKSLASH:
-                escaped = True
-            elif byte == _QUOTE:
-                in_string = False
-            continue
-        if byte == _QUOTE:
-            in_string = True
-        elif byte in _OPEN:
+    for match in _STRUCTURE.finditer(_STRING.sub(b'""', data)):
+        char = match.group()
+        if char in _OPENERS:
             depth += 1
             items += 1
             if depth > limits.max_depth:
                 raise JsonRejected("too_deep", f"nesting deeper than {limits.max_depth}")
-        elif byte in _CLOSE:
-            depth -= 1
-        elif byte == _COMMA:
+        elif char == b",":
             items += 1
             if items > limits.max_items:
                 raise JsonRejected("too_many_items", f"more than {limits.max_items} items")
+        else:
+            depth -= 1
 
 
 def _no_lone_surrogates(value: Any) -> None:

@@ -2,7 +2,12 @@
 
 :func:`load_bundle` validates ``model.yaml`` (errors carry file:line), checks that the ONNX file
 exists inside the bundle directory, reads the labels and hashes the model (the hash keys every
-cache above this layer).
+cache above this layer). It reads the ONNX graph (external-data files, ``output.softmax:
+auto``), so it runs where a model may be parsed: the build child, the CLI, the operator's tools.
+
+The daemon never parses a model: :func:`read_bundle_files` reads ``model.yaml`` and checks
+paths only, and :func:`served_bundle` takes what the graph decided (the settled
+``output.softmax``, the model hash) from the manifest of the artifact the build child made.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from agent.config.model import ModelBundleConfig
 from agent.config.yaml import load_model_file
 from agent.core.errors import ModelError
 from agent.core.fsutil import sha256_file
+from agent.engine.cache import Artifact
 from agent.engine.onnxgraph import external_locations, load_model
-from agent.engine.output_softmax import settle_output_softmax
+from agent.engine.output_softmax import settle_output_softmax, settled_from_manifest
 
 MODEL_YAML = "model.yaml"
 HELDOUT_DIR = "heldout"
@@ -118,13 +124,19 @@ def _heldout_dir(directory: Path) -> Path | None:
     return heldout
 
 
-def load_bundle(path: Path) -> ModelBundle:
-    """Load a bundle from its directory or from its ``model.yaml``.
+@dataclass(frozen=True)
+class BundleFiles:
+    """A bundle's validated ``model.yaml`` and where its files are, read without opening the
+    model."""
 
-    Raises :class:`~agent.core.errors.ConfigError` for an invalid ``model.yaml`` (file:line issues)
-    and :class:`~agent.core.errors.ModelError` for a missing/misplaced ONNX or labels file.
-    """
-    path = Path(path)
+    directory: Path
+    yaml_path: Path
+    config: ModelBundleConfig
+    onnx_path: Path
+
+
+def _locate(path: Path) -> tuple[Path, Path]:
+    """(bundle directory, model.yaml) of a bundle directory or of its ``model.yaml``."""
     if path.is_dir():
         directory, yaml_path = path, path / MODEL_YAML
     else:
@@ -141,6 +153,16 @@ def load_bundle(path: Path) -> ModelBundle:
             fix=f"write {MODEL_YAML} (name, version, task, input, output) next to the ONNX file",
             path=yaml_path,
         )
+    return directory, yaml_path
+
+
+def read_bundle_files(path: Path) -> BundleFiles:
+    """``model.yaml`` validated and the ONNX file checked to exist inside the bundle; the ONNX
+    file is not opened (safe in the daemon).
+
+    Raises :class:`~agent.core.errors.ConfigError` for an invalid ``model.yaml`` (file:line
+    issues) and :class:`~agent.core.errors.ModelError` for a missing or misplaced ONNX file."""
+    directory, yaml_path = _locate(Path(path))
     config = load_model_file(yaml_path, ModelBundleConfig)
     directory = directory.resolve()
     onnx_path = directory / config.onnx
@@ -157,13 +179,48 @@ def load_bundle(path: Path) -> ModelBundle:
             fix="copy the exported ONNX file into the bundle or fix `onnx:` in model.yaml",
             path=yaml_path,
         )
-    labels = _read_labels(directory, yaml_path, config.labels)
-    config = settle_output_softmax(config, onnx_path)
+    return BundleFiles(directory, yaml_path, config, onnx_path)
+
+
+def bundle_labels(files: BundleFiles) -> tuple[str, ...]:
+    """The bundle's class names (``labels:`` in model.yaml, or its labels file)."""
+    return _read_labels(files.directory, files.yaml_path, files.config.labels)
+
+
+def load_bundle(path: Path) -> ModelBundle:
+    """Load a bundle from its directory or from its ``model.yaml``, settling ``output.softmax:
+    auto`` from the graph and hashing the model with its external data (parses the ONNX file:
+    not in the daemon, see :func:`served_bundle`).
+
+    Raises :class:`~agent.core.errors.ConfigError` for an invalid ``model.yaml`` (file:line issues)
+    and :class:`~agent.core.errors.ModelError` for a missing/misplaced ONNX or labels file.
+    """
+    files = read_bundle_files(path)
+    labels = bundle_labels(files)
     return ModelBundle(
-        directory=directory,
-        config=config,
-        onnx_path=onnx_path,
+        directory=files.directory,
+        config=settle_output_softmax(files.config, files.onnx_path),
+        onnx_path=files.onnx_path,
         labels=labels,
-        onnx_sha256=onnx_sha256(onnx_path),
-        heldout_dir=_heldout_dir(directory),
+        onnx_sha256=onnx_sha256(files.onnx_path),
+        heldout_dir=_heldout_dir(files.directory),
+    )
+
+
+def served_bundle(path: Path, artifact: Artifact) -> ModelBundle:
+    """The bundle that ``artifact`` was built from, for serving, without parsing the model:
+    ``output.softmax: auto`` settled and the model hash as the build child recorded them in
+    the artifact manifest (``bundle.config``, ``bundle.onnx_sha256``)."""
+    files = read_bundle_files(path)
+    labels = bundle_labels(files)
+    recorded = artifact.manifest.get("bundle")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    digest = recorded.get("onnx_sha256")
+    return ModelBundle(
+        directory=files.directory,
+        config=settled_from_manifest(files.config, artifact.manifest),
+        onnx_path=files.onnx_path,
+        labels=labels,
+        onnx_sha256=digest if isinstance(digest, str) and digest else sha256_file(files.onnx_path),
+        heldout_dir=_heldout_dir(files.directory),
     )

@@ -9,7 +9,8 @@ loading a corrupted engine.
 A commit copies the builder's staging directory into a temporary directory inside the cache
 root, fsyncs every file and the directory, renames it to its final name and fsyncs the root:
 a crash at any point leaves either no entry or a complete one (plus, at worst, a ``.tmp-*``
-directory that the next :class:`EngineCache` sweeps away).
+directory that the next :class:`EngineCache` sweeps away on its first lookup or commit: see
+:mod:`agent.engine.tmpdirs` for how a leftover is told from a live build's directory).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from typing import Any
 from agent.backends.base import InputShapes, TensorSpec
 from agent.core.errors import ArtifactError
 from agent.core.fsutil import fsync_dir, fsync_file, sha256_file
+from agent.engine.tmpdirs import UNCLAIMED_GRACE_S, claim_dir, sweep_scratch
 
 __all__ = [
     "MANIFEST",
@@ -46,7 +47,6 @@ MANIFEST = "artifact.json"
 FORMAT = 1
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
-_STALE_TMP_S = 6 * 3600
 _SAFE = re.compile(r"[^a-z0-9._-]+")
 _REBUILD = "rebuild it with `edge-agent build` (add --force to replace the cache entry)"
 
@@ -223,27 +223,23 @@ class EngineCache:
 
     def _ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep_once()
+
+    def _sweep_once(self) -> None:
+        """The sweep on opening: the first lookup or commit of this instance."""
         if not self._swept:
             self._swept = True
             self.sweep()
 
-    def sweep(self, max_age_s: float = _STALE_TMP_S) -> list[Path]:
-        """Remove leftovers of interrupted commits (``.tmp-*`` older than ``max_age_s``) and
-        ``.trash-*`` directories. Returns what was removed."""
-        removed: list[Path] = []
+    def sweep(self, max_age_s: float = UNCLAIMED_GRACE_S) -> list[Path]:
+        """Remove leftovers of interrupted builds and commits: ``.tmp-*`` directories whose
+        owner is gone (:mod:`agent.engine.tmpdirs`; unclaimed ones once older than
+        ``max_age_s``), never one a live build holds, and ``.trash-*`` directories. Returns
+        what was removed."""
         if not self.root.is_dir():
-            return removed
-        now = time.time()
-        for child in self.root.iterdir():
-            if not child.is_dir():
-                continue
-            stale_tmp = child.name.startswith(_TMP_PREFIX) and (
-                now - child.stat().st_mtime > max_age_s
-            )
-            if stale_tmp or child.name.startswith(_TRASH_PREFIX):
-                log.info("removing leftover cache directory", extra={"path": str(child)})
-                _remove_tree(child)
-                removed.append(child)
+            return []
+        removed = sweep_scratch(self.root, grace_s=max_age_s)
+        removed += sweep_scratch(self.root, prefixes=(_TRASH_PREFIX,), grace_s=-1.0)
         return removed
 
     def path_for(self, key: CacheKey) -> Path:
@@ -276,6 +272,7 @@ class EngineCache:
     def lookup(self, key: CacheKey) -> Artifact | None:
         """The verified entry for ``key``, or None. A corrupted or mismatched entry is removed
         and reported as a miss (never returned)."""
+        self._sweep_once()
         directory = self.path_for(key)
         if not directory.is_dir():
             return None
@@ -310,17 +307,20 @@ class EngineCache:
         self._ensure_root()
         final = self.path_for(key)
         tmp = self.root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        claim = claim_dir(tmp)
         try:
-            tmp.mkdir()
             files = _copy_staged(staging, tmp)
             doc = _manifest_doc(key, manifest, files, staging)
             _write_manifest(tmp / MANIFEST, doc)
+            claim.release(remove_file=True)
             fsync_dir(tmp)
             if final.exists():
                 self._discard(final, "replaced by a new commit")
             os.rename(tmp, final)
             fsync_dir(self.root)
         except BaseException:
+            claim.release()
             _remove_tree(tmp)
             raise
         log.info(

@@ -271,6 +271,20 @@ def _read_back(final: ModelProto, name: str, axes: AxisPins, why: str, path: Pat
     return note
 
 
+def _load_external(model: ModelProto, path: Path, locations: list[str]) -> None:
+    """Load the external-data tensors; a tensor whose offset/length lies about its data file
+    (onnx raises ValueError) is the bundle's error, not ours."""
+    try:
+        load_external_data(model, path.parent)
+    except (ValueError, OSError) as exc:
+        raise ModelError(
+            f"external data does not match its file ({', '.join(locations)}): {exc}",
+            fix="re-export the model and copy the .data file that was written with it; "
+            "a truncated or mismatched data file cannot be used",
+            path=path,
+        ) from exc
+
+
 def prepare(
     bundle: ModelBundle, profile: DeviceProfile, work_dir: Path, *, static: bool = False
 ) -> PreparedModel:
@@ -287,7 +301,7 @@ def prepare(
     check_ops(model, path)
     check_onnx(path)
     if ext:
-        load_external_data(model, path.parent)
+        _load_external(model, path, ext)
         notes.append(f"external data loaded from {', '.join(ext)}")
     model = _upgrade_opset(model, path, notes)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.comms.topics import device_ota_topic, group_ota_topic
+from agent.config.base import NAME_PATTERN
+from agent.config.broker import check_device_id
 from agent.core.errors import OtaError
 from agent.core.fsutil import sha256_file
 from agent.ota.manifest import (
@@ -57,6 +59,15 @@ def ota_topic(fleet: str, *, device: str | None = None, group: str | None = None
             reason="usage",
             fix="pass --device ID or --group NAME",
         )
+    try:
+        if device:
+            check_device_id(device)
+        elif not re.fullmatch(NAME_PATTERN, str(group)):
+            raise ValueError(f"{group!r} is not a group name (no '+', '#', '/' or leading '$')")
+    except ValueError as exc:
+        raise OtaError(
+            str(exc), reason="usage", fix="pass the name exactly as the device's agent.yaml has it"
+        ) from exc
     return device_ota_topic(fleet, device) if device else group_ota_topic(fleet, str(group))
 
 

@@ -4,6 +4,7 @@ recovery gives an interrupted update. The values are wire strings: never change 
 from __future__ import annotations
 
 from agent.core.errors import OtaReason
+from agent.ota.states import UpdateState
 
 #: The reasons an :class:`~agent.core.errors.OtaRejected` carries.
 REJECT_REASONS = frozenset(
@@ -27,3 +28,26 @@ REJECT_REASONS = frozenset(
 def interrupted_at(stage: str) -> str:
     """The reason recovery gives an update it found unfinished (``interrupted at <stage>``)."""
     return f"interrupted at {stage}"
+
+
+#: The reasons of a failed transfer: the same signed manifest may be sent again.
+TRANSFER_REASONS = frozenset(
+    {
+        OtaReason.FETCH_FAILED,
+        OtaReason.DOWNLOAD_TIMEOUT,
+        OtaReason.INCOMPLETE,
+        OtaReason.HASH_MISMATCH,
+        OtaReason.SIZE_MISMATCH,
+    }
+)
+
+
+def transfer_failed(state: UpdateState, reason: str | None, states: list[UpdateState]) -> bool:
+    """Whether an update ended in its transfer: failed or rejected right after ``verified``
+    with a transfer reason (a later failure — bad bundle, build, probation — is not one)."""
+    return (
+        state in (UpdateState.FAILED, UpdateState.REJECTED)
+        and reason in TRANSFER_REASONS
+        and len(states) >= 2
+        and states[-2] is UpdateState.VERIFIED
+    )

@@ -9,11 +9,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.core.jsonlimits import sanitize_text
 from agent.core.progress import throttle
 from agent.ota.activation import build_and_activate
+from agent.ota.assembler import ChunkAssembler
+from agent.ota.chunks import Chunk
 from agent.ota.context import UpdateContext
 from agent.ota.control import Stopped
-from agent.ota.fetch import ChunkAssembler, download_bundle
+from agent.ota.drops import DropReason
+from agent.ota.fetch import download_bundle
 from agent.ota.states import UNSUCCESSFUL, UpdateState
 from agent.ota.trust import SignedManifest
 from agent.ota.verify import check_bundle
@@ -45,21 +49,36 @@ def collect_chunks(
     progress: Callable[[int, int, str], None],
 ) -> None:
     """Assemble an inline payload: the chunks buffered before the manifest came, then those
-    arriving within ``ota.inline_timeout_s``."""
-    assembler = ChunkAssembler(signed.manifest, signed.sha256, staging, progress=progress)
-    for chunk in ctx.inbox.take_chunks(signed.sha256):
-        assembler.add(chunk)
-    deadline = time.monotonic() + ctx.config.inline_timeout_s
-    while not assembler.complete:
-        if ctx.stop.is_set():
-            raise Stopped
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        chunk = ctx.inbox.next_chunk(signed.sha256, min(remaining, 0.5))
-        if chunk is not None:
-            assembler.add(chunk)
+    arriving within ``ota.inline_timeout_s``. Chunks that do not fit the signed manifest are
+    dropped and counted; only the assembled files' hashes can fail the transfer."""
+    m, sha = signed.manifest, signed.sha256
+    assembler = ChunkAssembler(m, sha, staging, progress=progress)
+    assert m.payload.chunk_size is not None  # an inline payload (the assembler checked)
+    with ctx.inbox.transfer(sha, m.payload.chunk_size, m.total_size):
+        for chunk in ctx.inbox.take_chunks(sha):
+            _add(ctx, assembler, chunk)
+        deadline = time.monotonic() + ctx.config.inline_timeout_s
+        while not assembler.complete:
+            if ctx.stop.is_set():
+                raise Stopped
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            chunk = ctx.inbox.next_chunk(sha, min(remaining, 0.5))
+            if chunk is not None:
+                _add(ctx, assembler, chunk)
     assembler.finish()
+
+
+def _add(ctx: UpdateContext, assembler: ChunkAssembler, chunk: Chunk) -> None:
+    outcome = assembler.add(chunk)
+    if isinstance(outcome, DropReason):
+        ctx.inbox.drops.count(
+            outcome,
+            manifest_sha256=chunk.manifest_sha256,
+            file=sanitize_text(chunk.file, max_len=80),
+            index=chunk.index,
+        )
 
 
 def discard_unused(ctx: UpdateContext) -> None:

@@ -3,6 +3,8 @@
 Layout under ``<state_dir>/ota/``::
 
     hwm.json              {"<model>": <highest version accepted past verification>}
+    retry.json            {"<model>": {"version": v, "manifest_sha256": ...}}: a failed transfer
+                          that the same signed manifest may retry
     committed.json        {"<model>": {"current": {...}, "history": [{...}, ...]}}
     journal.json          the current/last update (see agent.ota.updater)
     staging/              downloads in progress (removed on start and after each update)
@@ -85,6 +87,7 @@ class VersionStore:
         self.models_dir = self.root / "models"
         self.staging_root = self.root / "staging"
         self.hwm_path = self.root / "hwm.json"
+        self.retry_path = self.root / "retry.json"
         self.committed_path = self.root / "committed.json"
         self.journal_path = self.root / "journal.json"
         for d in (self.root, self.models_dir, self.staging_root):
@@ -120,25 +123,62 @@ class VersionStore:
         value = self._read(self.hwm_path).get(model, 0)
         return int(value) if isinstance(value, int) else 0
 
-    def check_newer(self, model: str, version: int) -> None:
+    def check_newer(self, model: str, version: int, manifest_sha256: str | None = None) -> None:
+        """Refuse a version at or below the high-water mark (``not_newer``), except the very
+        manifest whose transfer failed (:meth:`allow_retry`): that one may be tried again."""
         hwm = self.high_water(model)
-        if version <= hwm:
-            raise OtaRejected(
-                f"{model} version {version} is not newer than the highest version this "
-                f"device has accepted ({hwm})",
-                reason=OtaReason.NOT_NEWER,
-                fix=f"push with --version {hwm + 1} or higher (versions are never reused, "
-                "also not after a rejected push)",
-            )
+        if version > hwm or self.retry_allowed(model, version, manifest_sha256):
+            return
+        raise OtaRejected(
+            f"{model} version {version} is not newer than the highest version this "
+            f"device has accepted ({hwm})",
+            reason=OtaReason.NOT_NEWER,
+            fix=f"push with --version {hwm + 1} or higher (versions are never reused; only "
+            "the same signed manifest may be sent again after a failed transfer)",
+        )
 
     def advance(self, model: str, version: int) -> None:
-        """Raise the high-water mark to ``version`` (durably, before any download)."""
+        """Raise the high-water mark to ``version`` (durably, before any download); a retry
+        allowance for ``model`` is used up."""
         data = self._read(self.hwm_path)
         current = data.get(model, 0)
-        if isinstance(current, int) and current >= version:
+        if not isinstance(current, int) or current < version:
+            data[model] = version
+            atomic_write_json(self.hwm_path, data)
+        self._set_retry(model, None)
+
+    # ------------------------------------------------------------------ retry of a transfer
+
+    def allow_retry(self, model: str, version: int, manifest_sha256: str) -> None:
+        """The transfer of this signed manifest failed: the same manifest (and no other) may
+        be accepted again at ``version`` (durably)."""
+        self._set_retry(model, {"version": version, "manifest_sha256": manifest_sha256})
+
+    def retry_allowed(self, model: str, version: int, manifest_sha256: str | None) -> bool:
+        found = self._read(self.retry_path).get(model)
+        return (
+            manifest_sha256 is not None
+            and isinstance(found, dict)
+            and found.get("version") == version  # pyright: ignore[reportUnknownMemberType]
+            and found.get("manifest_sha256") == manifest_sha256  # pyright: ignore[reportUnknownMemberType]
+        )
+
+    def retry_pending(self, manifest_sha256: str) -> bool:
+        """Whether some model may retry the manifest ``manifest_sha256``."""
+        return any(
+            isinstance(v, dict) and v.get("manifest_sha256") == manifest_sha256  # pyright: ignore[reportUnknownMemberType]
+            for v in self._read(self.retry_path).values()
+        )
+
+    def _set_retry(self, model: str, value: dict[str, Any] | None) -> None:
+        data = self._read(self.retry_path)
+        if data.get(model) == value:
             return
-        data[model] = version
-        atomic_write_json(self.hwm_path, data)
+        if value is None:
+            data.pop(model, None)
+        else:
+            data[model] = value
+        atomic_write_json(self.retry_path, data)
 
     # ------------------------------------------------------------------ versions
 

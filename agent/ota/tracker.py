@@ -86,6 +86,8 @@ class UpdateTracker:
 
     def transition(self, state: UpdateState, reason: str | None = None, detail: str = "") -> None:
         reason = None if reason is None else str(reason)
+        # a detail may quote names from a (signed) manifest: keep it publishable
+        detail = detail.encode("utf-8", "replace").decode("utf-8", "replace")[:4000]
         with self._lock:
             rec = self._current()
             assert self._machine is not None

@@ -13,10 +13,17 @@ stage, install) → :mod:`~agent.ota.activation` (build + validate, hot swap, pr
 in :mod:`~agent.ota.probation`) → commit, or :mod:`~agent.ota.rollback`. At start,
 :mod:`~agent.ota.recovery` finishes (or resumes) an interrupted update.
 
+Nothing unsigned changes state: an envelope whose signature does not verify is dropped and
+counted (:mod:`agent.ota.drops`), never recorded or published; so is every malformed, oversized,
+deep or forged message or chunk (:mod:`agent.ota.inbox`, :mod:`agent.ota.assembler`).
+
 High-water mark: it advances as soon as a manifest passes verification (signature, target,
-expiry, newer, compatible, quota) and *before* the download. A version rejected later (hash
-mismatch, bad ONNX, failed build, rolled back) has burnt its number: the fleet pushes N+1.
-Replaying version N is refused (``not_newer``) in every case, also after a restart.
+expiry, newer, compatible, quota) and *before* the download. A version rejected later (bad
+ONNX, failed build, rolled back) has burnt its number: the fleet pushes N+1. A failed
+*transfer* (download failed or timed out, chunks missing, a file's bytes not the signed ones)
+does not burn it for the same signed manifest: that very manifest may be sent again
+(:meth:`~agent.ota.store.VersionStore.allow_retry`); any other manifest at version N is refused
+(``not_newer``), also after a restart.
 """
 
 from __future__ import annotations
@@ -31,20 +38,16 @@ from typing import Any
 
 from agent.config.agent import AgentConfig, OtaConfig
 from agent.core.errors import OtaRejected
+from agent.core.jsonlimits import sanitize_text
 from agent.core.logs import log_fields
 from agent.ota.context import UpdateContext
 from agent.ota.control import Stopped
-from agent.ota.inbox import (
-    Inbox,
-    Item,
-    Message,
-    RollbackRequest,
-    StopRequest,
-    parse_json,
-)
+from agent.ota.drops import DropReason
+from agent.ota.inbox import Envelope, Inbox, InboxLimits, Item, RollbackRequest, StopRequest
 from agent.ota.journal import Journal
 from agent.ota.manifest import manifest_sha256
 from agent.ota.ports import UpdaterPorts
+from agent.ota.reasons import transfer_failed
 from agent.ota.recovery import RecoveryReport, recover, resume
 from agent.ota.rollback import operator_rollback
 from agent.ota.staging import discard_unused, install_and_activate
@@ -74,9 +77,10 @@ class Updater:
         config: OtaConfig,
         initial_bundles: Mapping[str, Path] | None = None,
         clock: Callable[[], float] = time.time,
+        limits: InboxLimits | None = None,
     ):
         store: VersionStore = verifier.store
-        self.inbox = Inbox((config.max_bundle_mib + 1) * 1024 * 1024)
+        self.inbox = Inbox(limits)
         self.tracker = UpdateTracker(Journal(store.journal_path), ports.publisher, clock)
         self.ctx = UpdateContext(
             verifier=verifier,
@@ -159,6 +163,10 @@ class Updater:
         self._dispatch(item)
         return True
 
+    def dropped(self) -> dict[str, int]:
+        """Messages from the OTA topic dropped so far, by reason (see :mod:`agent.ota.drops`)."""
+        return self.inbox.drops.counts()
+
     def status(self) -> dict[str, Any] | None:
         """The current/last record (as published)."""
         return self.tracker.status()
@@ -193,6 +201,7 @@ class Updater:
         while not self.ctx.stop.is_set():
             item = self.inbox.next(0.5)
             if item is None:
+                self.inbox.drops.flush()
                 continue
             try:
                 self._dispatch(item)
@@ -204,8 +213,8 @@ class Updater:
     def _dispatch(self, item: Item) -> None:
         if isinstance(item, StopRequest):
             raise Stopped
-        if isinstance(item, Message):
-            self._handle_message(item)
+        if isinstance(item, Envelope):
+            self._handle_envelope(item)
         elif isinstance(item, RollbackRequest):
             self._handle_rollback(item)
         else:
@@ -220,45 +229,55 @@ class Updater:
         except Exception as exc:
             request.future.set_exception(exc)
 
-    def _handle_message(self, message: Message) -> None:
-        chunk = message.chunk()
-        if chunk is not None:
-            self.inbox.buffer_chunk(chunk)
+    def _handle_envelope(self, envelope: Envelope) -> None:
+        """An envelope: nothing is recorded or published unless its signature verifies
+        (refused ones are dropped and counted); then received → verified → ..."""
+        sha = _manifest_sha(envelope.doc.get("manifest"))
+        if sha is not None and self._is_duplicate(sha):
             return
-        doc = parse_json(message.payload)
-        raw: Any = doc.get("manifest") if isinstance(doc, dict) else None  # pyright: ignore[reportUnknownMemberType]
-        if self._is_duplicate(raw):
+        try:
+            signed = self.ctx.verifier.check_signature(envelope.doc)
+        except OtaRejected as exc:
+            self.inbox.drops.count(
+                DropReason.unverified(str(exc.reason)),
+                detail=sanitize_text(exc.message, max_len=200),
+            )
             return
-        self._update(message.payload, raw)
+        self._update(signed)
 
-    def _is_duplicate(self, raw: Any) -> bool:
+    def _is_duplicate(self, sha: str) -> bool:
         """QoS 1 delivers at least once (and a broker may replay): a manifest this updater
         already processed, byte for byte, is ignored instead of being rejected again, so that
-        the published state keeps describing the real update."""
-        if not isinstance(raw, dict):
-            return False
-        try:
-            sha = manifest_sha256(raw)  # pyright: ignore[reportUnknownArgumentType]
-        except OtaRejected:
-            return False
+        the published state keeps describing the real update — unless its transfer failed and
+        it may be retried."""
         last = self.tracker.last()
-        if self.inbox.is_finished(sha) or (last is not None and last.manifest_sha256 == sha):
+        seen = self.inbox.is_finished(sha) or (last is not None and last.manifest_sha256 == sha)
+        if seen and not self.store.retry_pending(sha):
             log.info("duplicate OTA manifest ignored", extra=log_fields(manifest_sha256=sha))
             return True
         return False
 
-    def _update(self, payload: bytes, raw: Any) -> None:
+    def _accept(self, signed: SignedManifest) -> None:
+        """The checks after the signature (as :meth:`Verifier.accept`), where the high-water
+        check lets the same signed manifest retry a failed transfer."""
+        verifier, m = self.ctx.verifier, signed.manifest
+        verifier.check_target(m)
+        verifier.check_expiry(m)
+        self.store.check_newer(m.name, m.version, signed.sha256)
+        verifier.check_compat(m)
+        self.store.check_quota(m.name, m.total_size, verifier.max_bundle_bytes)
+
+    def _update(self, signed: SignedManifest) -> None:
         """received → verified → (install and activate)."""
-        self.tracker.begin("update", UpdateState.RECEIVED, **_claimed(raw))
-        signed: SignedManifest | None = None
+        m = signed.manifest
+        self.tracker.begin("update", UpdateState.RECEIVED, model=m.name, version=m.version)
+        accepted = False
         try:
             with self.tracker.ending_errors("OTA update"):
-                signed = self.ctx.verifier.accept(payload)
-                m = signed.manifest
+                self._accept(signed)
+                accepted = True
                 self.store.advance(m.name, m.version)
                 self.tracker.update(
-                    model=m.name,
-                    version=m.version,
                     manifest_sha256=signed.sha256,
                     key_id=signed.key_id,
                     payload=m.payload.kind,
@@ -267,18 +286,35 @@ class Updater:
                 self.tracker.transition(UpdateState.VERIFIED)
                 install_and_activate(self.ctx, signed)
         finally:
-            if signed is not None:
+            if accepted:
                 self.inbox.mark_finished(signed.sha256)
+                self._allow_retry(signed)
             discard_unused(self.ctx)
 
+    def _allow_retry(self, signed: SignedManifest) -> None:
+        """When the transfer failed (right after ``verified``), the same signed manifest may
+        be sent again: the version is not burnt by a lost, slow or forged chunk."""
+        rec = self.tracker.last()
+        if rec is None or rec.manifest_sha256 != signed.sha256:
+            return
+        states = [t.state for t in rec.transitions]
+        if transfer_failed(rec.state, rec.reason, states):
+            m = signed.manifest
+            self.store.allow_retry(m.name, m.version, signed.sha256)
+            self.inbox.forget_finished(signed.sha256)
+            log.info(
+                "OTA %s v%d: the transfer failed; the same signed manifest may be sent again",
+                m.name,
+                m.version,
+                extra=log_fields(model=m.name, version=m.version, manifest_sha256=signed.sha256),
+            )
 
-def _claimed(raw: Any) -> dict[str, Any]:
-    """Model and version as the (not yet verified) manifest claims them, for the record."""
+
+def _manifest_sha(raw: Any) -> str | None:
+    """The sha256 naming a (not yet verified) manifest, None when it has none."""
     if not isinstance(raw, dict):
-        return {}
-    name: Any = raw.get("name")  # pyright: ignore[reportUnknownMemberType]
-    version: Any = raw.get("version")  # pyright: ignore[reportUnknownMemberType]
-    return {
-        "model": name if isinstance(name, str) else None,
-        "version": version if isinstance(version, int) else None,
-    }
+        return None
+    try:
+        return manifest_sha256(raw)  # pyright: ignore[reportUnknownArgumentType]
+    except OtaRejected:
+        return None

@@ -4,8 +4,12 @@
 of the device's groups) → expiry → version above the persisted high-water mark → compatibility
 (profile, family, TensorRT, JetPack, model served here) → size limits and disk quota.
 
-:func:`check_bundle` runs after the download, on the staged files: the bundle loads, names the
-same model, and its ONNX keeps all external data inside the bundle.
+:func:`check_bundle` runs after the download, on the staged files: ``model.yaml`` validates and
+names the same model, the ONNX and labels files are inside the bundle, and the ONNX keeps all
+external data inside the bundle (listed, so hashed, in the manifest). The daemon touches only
+the manifest, ``model.yaml``, paths, sizes and hashes: the ONNX file is parsed (to list its
+external-data locations) in an isolated, memory-capped child, and everything else the model's
+graph must satisfy is checked by ``prepare`` in the build child.
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ from typing import Any
 
 from agent.config.agent import AgentConfig
 from agent.config.device import DeviceProfile
-from agent.core.errors import ConfigError, ModelError, OtaReason, OtaRejected
-from agent.engine.bundle import load_bundle
-from agent.engine.onnxgraph import external_locations, load_model
+from agent.core.errors import ConfigError, EdgeAgentError, ModelError, OtaReason, OtaRejected
+from agent.engine.bundle import bundle_labels, read_bundle_files
+from agent.engine.isolate.launch import run_isolated
+from agent.engine.isolate.targets import external_locations_target
 from agent.ota.manifest import Manifest
 from agent.ota.store import VersionStore
 from agent.ota.trust import SignedManifest, TrustStore
 
-__all__ = ["DeviceFacts", "Verifier", "check_bundle", "parse_version"]
+__all__ = ["DeviceFacts", "Verifier", "check_bundle", "onnx_external_locations", "parse_version"]
 
 _MIB = 1024 * 1024
+#: the ONNX inspection child's memory cap: this much plus INSPECT_PER_FILE_MIB per MiB of ONNX
+INSPECT_BASE_MIB = 384
+INSPECT_PER_FILE_MIB = 3
+INSPECT_TIMEOUT_S = 120.0
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -188,36 +197,52 @@ def _external_problem(location: str, onnx_dir: Path, bundle_dir: Path, files: It
     return ""
 
 
-def check_bundle(bundle_dir: Path, manifest: Manifest) -> None:
-    """Post-download checks on the staged bundle (raises :class:`OtaRejected`)."""
+def onnx_external_locations(onnx_path: Path) -> list[str]:
+    """The external-data locations of ``onnx_path``, read in an isolated child whose memory
+    cap scales with the file's size; raises :class:`OtaRejected` (malformed) when the file is
+    not a readable ONNX model or cannot be read within the cap."""
+    size_mib = onnx_path.stat().st_size / _MIB
     try:
-        bundle = load_bundle(bundle_dir)
+        outcome = run_isolated(
+            external_locations_target,
+            (str(onnx_path),),
+            memory_cap_mib=int(INSPECT_BASE_MIB + INSPECT_PER_FILE_MIB * size_mib),
+            timeout_s=INSPECT_TIMEOUT_S,
+            what="ONNX inspection",
+        )
+    except EdgeAgentError as exc:
+        raise OtaRejected(
+            f"{onnx_path.name} is not a readable ONNX model: {exc}",
+            reason=OtaReason.MALFORMED,
+            fix="export the model again",
+        ) from exc
+    return [str(location) for location in outcome.value]
+
+
+def check_bundle(bundle_dir: Path, manifest: Manifest) -> None:
+    """Post-download checks on the staged bundle (raises :class:`OtaRejected`); the model is
+    parsed only in an isolated child (:func:`onnx_external_locations`)."""
+    try:
+        files = read_bundle_files(bundle_dir)
+        bundle_labels(files)
     except (ConfigError, ModelError) as exc:
         raise OtaRejected(
             f"pushed bundle is not a valid model bundle: {exc}",
             reason=OtaReason.MALFORMED,
             fix="check the bundle with `edge-agent build` before pushing it",
         ) from exc
-    if bundle.config.name != manifest.name:
+    if files.config.name != manifest.name:
         raise OtaRejected(
-            f"model.yaml names model {bundle.config.name!r} but the manifest {manifest.name!r}",
+            f"model.yaml names model {files.config.name!r} but the manifest {manifest.name!r}",
             reason=OtaReason.MALFORMED,
             fix="push the bundle under the name in its model.yaml",
         )
-    try:
-        model = load_model(bundle.onnx_path, external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise OtaRejected(
-            f"{bundle.config.onnx} is not a readable ONNX model: {exc}",
-            reason=OtaReason.MALFORMED,
-            fix="export the model again",
-        ) from exc
-    files = [f.path for f in manifest.files]
-    for location in external_locations(model):
-        problem = _external_problem(location, bundle.onnx_path.parent, bundle_dir, files)
+    listed = [f.path for f in manifest.files]
+    for location in onnx_external_locations(files.onnx_path):
+        problem = _external_problem(location, files.onnx_path.parent, bundle_dir, listed)
         if problem:
             raise OtaRejected(
-                f"{bundle.config.onnx}: {problem}",
+                f"{files.config.onnx}: {problem}",
                 reason=OtaReason.EXTERNAL_DATA_OUTSIDE_BUNDLE,
                 fix="save the model with external data next to it "
                 "(onnx.save_model(..., save_as_external_data=True, location='weights.bin')) "

@@ -243,7 +243,7 @@ def test_model_state_retained_and_ota_topics_delivered(broker: Broker, tmp_path:
             time.sleep(0.05)
         time.sleep(0.3)
         assert sorted(p for _, p, _ in got) == [b'{"m":1}', b'{"m":2}']
-        assert all(name == "edge-commands" for _, _, name in got)  # not paho's thread
+        assert all(name == "edge-commands-ota" for _, _, name in got)  # the OTA lane, not paho's
     finally:
         svc.close()
 

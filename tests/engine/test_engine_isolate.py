@@ -147,3 +147,31 @@ def test_cuda_backends_get_no_address_space_limit(monkeypatch: pytest.MonkeyPatc
         with pytest.raises(BuildFailed):
             isolate.build_isolated(backend, request, memory_cap_mib=512, timeout_s=5)
     assert seen == {"tensorrt": False, "onnxruntime": True}
+
+
+def _nested(progress, n: int) -> dict[str, int]:
+    """A child that runs an isolated child of its own (as the whole build from the daemon runs
+    the quantize and backend-build children), relaying that child's progress."""
+    inner = run_isolated(_succeed, (n,), memory_cap_mib=1024, timeout_s=60, progress=progress)
+    return {"outer": os.getpid(), "inner": inner.value["pid"], "outer_ppid": os.getppid()}
+
+
+def test_a_child_may_run_isolated_children_and_their_progress_flows_back() -> None:
+    events: list[tuple[str, float, str]] = []
+    outcome = run_isolated(
+        _nested,
+        (3,),
+        memory_cap_mib=2048,
+        timeout_s=120,
+        progress=lambda s, f, m: events.append((s, f, m)),
+        allow_children=True,
+    )
+    pids = outcome.value
+    assert pids["outer_ppid"] == os.getpid()
+    assert len({os.getpid(), pids["outer"], pids["inner"]}) == 3
+    assert [e[1] for e in events] == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+
+
+def test_children_of_a_child_need_allow_children() -> None:
+    with pytest.raises(BuildFailed, match="daemonic"):
+        run_isolated(_nested, (1,), memory_cap_mib=2048, timeout_s=120)

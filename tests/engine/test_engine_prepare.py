@@ -171,6 +171,25 @@ def test_external_data_outside_bundle_is_refused(
     assert "stolen.bin" in str(info.value)
 
 
+def test_external_data_length_lie_is_a_model_error(
+    tmp_path: Path, cpu_profile: DeviceProfile
+) -> None:
+    """A tensor claiming more bytes than its data file holds is the bundle's error (named, with
+    a fix), not an internal one."""
+    d = _external(tmp_path, "weights.bin")
+    model = onnx.load(str(d / "model.onnx"), load_external_data=False)
+    entries = model.graph.initializer[0].external_data
+    for entry in entries:
+        if entry.key == "length":
+            entry.value = "999999"
+    if not any(e.key == "length" for e in entries):
+        entries.add(key="length", value="999999")
+    onnx.save(model, str(d / "model.onnx"))
+    with pytest.raises(ModelError, match="external data does not match its file") as info:
+        prepare(load_bundle(d), cpu_profile, tmp_path / "w")
+    assert info.value.fix and str(d / "model.onnx") in str(info.value)
+
+
 def test_external_data_symlink_out_of_bundle_is_refused(
     tmp_path: Path, cpu_profile: DeviceProfile
 ) -> None:

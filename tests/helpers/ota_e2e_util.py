@@ -19,7 +19,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.assets import CLS_BUNDLE, REPO
 from tests.assets import CLS_CALIB as CALIB
+from tests.helpers.broker import Broker
 
 MODEL = "shapes-cls"
 #: served frames are brighter than this (mean of the /255 input), held-out frames are darker
@@ -385,3 +388,52 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float =
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(step)
+
+
+# --------------------------------------------------------------------------- the e2e set-up
+
+
+@dataclass
+class Env:
+    root: Path
+    broker: Broker
+    key: Path
+    rogue_key: Path
+    trust: Path
+    profiles: Path
+    cache: Path
+    video: Path
+    base: Path
+    pushes: list[subprocess.Popen[str]] = field(default_factory=list[subprocess.Popen[str]])
+
+
+@contextmanager
+def open_env(root: Path) -> Iterator[Env]:
+    """Keys (a trusted fleet key and a rogue one), a trust dir, a running Mosquitto, a profile
+    dir, the bright test video and a base bundle under ``root``; pushes left running and the
+    broker are stopped on exit."""
+    key, pub = keygen(root / "keys", "fleet")
+    rogue, _ = keygen(root / "rogue-keys", "rogue")
+    trust = root / "trust"
+    trust.mkdir()
+    (trust / "fleet.pub").write_bytes(pub.read_bytes())
+    broker = Broker(root / "mqtt").start()
+    e = Env(
+        root=root,
+        broker=broker,
+        key=key,
+        rogue_key=rogue,
+        trust=trust,
+        profiles=write_profile(root / "profiles", telemetry_s=0.5),
+        cache=root / "cache",
+        video=write_bright_video(root / "bright.mp4"),
+        base=copy_bundle(root / "base"),
+    )
+    try:
+        yield e
+    finally:
+        for proc in e.pushes:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        broker.stop()

@@ -5,9 +5,9 @@ video, a real Mosquitto, real Ed25519 keys from ``edge-agent keygen``, pushes th
 What each device (one daemon, its own device id and state dir; one shared engine cache) shows:
 
 * ``good``: a push goes active (retained ``model`` state, metrics engine hash); a flipped byte,
-  a wrong key, an expired manifest, a bundle for another device and replayed older versions
+  an expired manifest, a bundle for another device and replayed older versions
   (before and after a restart) are each rejected with their reason while the committed model
-  keeps serving.
+  keeps serving; a push signed by an untrusted key is counted as dropped, not recorded.
 * ``faulty``: the isolated build child SIGKILLed mid-build → failed; a model emitting NaN and a
   far slower one (data-dependent: fast on the held-out frames the gate measures, slow or NaN on
   the frames served) → rolled back automatically, with their reasons.
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +37,23 @@ from agent.fleet.server import BundleServer
 from agent.ota.manifest import Payload, sign_manifest
 from agent.ota.trust import load_private_key
 from tests.assets import REPO
-from tests.helpers.broker import Broker, Collector, mosquitto_binary
+from tests.helpers.broker import Collector, mosquitto_binary
 from tests.helpers.ota_e2e_util import (
     MODEL,
     Daemon,
+    Env,
     build_children,
     cli_env,
     copy_bundle,
-    keygen,
     nan_bundle,
+    open_env,
     perturbed_bundle,
     run_cli,
     slow_bundle,
     wait_until,
-    write_bright_video,
     write_config,
-    write_profile,
 )
+from tests.helpers.ota_hostile import drop_counts, wait_drops
 
 pytestmark = [
     pytest.mark.timeout(150),
@@ -67,48 +67,10 @@ TERMINAL = {"active", "rejected", "failed", "rolled_back"}
 # --------------------------------------------------------------------------- shared set-up
 
 
-@dataclass
-class Env:
-    root: Path
-    broker: Broker
-    key: Path
-    rogue_key: Path
-    trust: Path
-    profiles: Path
-    cache: Path
-    video: Path
-    base: Path
-    pushes: list[subprocess.Popen[str]] = field(default_factory=list[subprocess.Popen[str]])
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("ota-e2e")
-    key, pub = keygen(root / "keys", "fleet")
-    rogue, _ = keygen(root / "rogue-keys", "rogue")
-    trust = root / "trust"
-    trust.mkdir()
-    (trust / "fleet.pub").write_bytes(pub.read_bytes())
-    broker = Broker(root / "mqtt").start()
-    e = Env(
-        root=root,
-        broker=broker,
-        key=key,
-        rogue_key=rogue,
-        trust=trust,
-        profiles=write_profile(root / "profiles", telemetry_s=0.5),
-        cache=root / "cache",
-        video=write_bright_video(root / "bright.mp4"),
-        base=copy_bundle(root / "base"),
-    )
-    try:
+    with open_env(tmp_path_factory.mktemp("ota-e2e")) as e:
         yield e
-    finally:
-        for proc in e.pushes:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(10)
-        broker.stop()
 
 
 @dataclass
@@ -390,9 +352,15 @@ def test_bad_pushes_are_rejected_and_the_committed_model_keeps_serving(
         state = assert_rejected(good, 3, "hash_mismatch", serving)
     assert "model.onnx" in state["detail"]
 
-    # signed by a key this device does not trust
+    # signed by a key this device does not trust: unverified, so counted as dropped and
+    # nothing recorded or published (the retained record still describes v3)
+    assert good.daemon is not None
+    before = drop_counts(good.daemon).get("unverified_unknown_key", 0)
     push_url(env, flipped, 4, dev, flipped.as_uri(), key=env.rogue_key)
-    assert_rejected(good, 4, "unknown_key", serving)
+    counts = wait_drops(good.daemon, {"unverified_unknown_key": before + 1})
+    assert counts.get("unverified_unknown_key", 0) == before + 1, counts
+    assert good.retained_state()["version"] == 3
+    assert not any(m.get("version") == 4 for m in good._json("model"))  # pyright: ignore[reportPrivateUsage]
 
     # a valid signature, but expired an hour ago
     now = int(time.time())

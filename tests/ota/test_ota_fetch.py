@@ -1,11 +1,8 @@
-"""Getting bundle bytes: file://, http:// from the push server, inline chunks; size and hash
-checks; nothing half-written left behind."""
+"""Getting bundle bytes: file:// and http:// from the push server; size and hash checks; nothing
+half-written left behind (inline chunks: tests/ota/test_ota_chunks.py)."""
 
 from __future__ import annotations
 
-import base64
-import json
-import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,10 +13,10 @@ import pytest
 
 from agent.core.errors import OtaError, OtaRejected
 from agent.core.fsutil import sha256_file
-from agent.fleet.push import bundle_files, chunk_messages
+from agent.fleet.push import bundle_files
 from agent.fleet.server import BundleServer
-from agent.ota.fetch import ChunkAssembler, download_bundle, download_file
-from agent.ota.manifest import FileEntry, Payload, manifest_sha256
+from agent.ota.fetch import download_bundle, download_file
+from agent.ota.manifest import FileEntry, Payload
 from tests.helpers.ota_support import copy_bundle, file_payload, manifest_for
 
 
@@ -149,7 +146,7 @@ def test_trickling_download_stops_at_its_deadline(
         entry = FileEntry(path="blob", sha256="0" * 64, size=1000)
         with pytest.raises(OtaError) as info:
             download_file(url, entry, tmp_path / "stage" / "blob", timeout_s=1.0)
-        assert info.value.reason == "fetch_failed"
+        assert info.value.reason == "download_timeout"
         assert "too slow" in str(info.value)
         assert not (tmp_path / "stage" / "blob").exists()
     finally:
@@ -174,76 +171,3 @@ def test_unreachable_url_fails_with_fetch_failed(tmp_path: Path) -> None:
     assert info.value.reason == "fetch_failed" and not isinstance(info.value, OtaRejected)
     with pytest.raises(OtaRejected, match="scheme"):
         download_file("ftp://127.0.0.1/x", entry, tmp_path / "x")
-
-
-def _inline(tmp_path: Path) -> tuple[Any, str, list[dict[str, Any]]]:
-    bundle = copy_bundle(tmp_path / "b")
-    m = manifest_for(bundle, 1, Payload(kind="inline", chunk_size=4096))
-    raw = m.to_json()
-    chunks = [json.loads(c) for c in chunk_messages(m, raw, bundle_files(bundle))]
-    return m, manifest_sha256(raw), chunks
-
-
-def test_inline_chunks_out_of_order_and_duplicated(tmp_path: Path) -> None:
-    m, sha, chunks = _inline(tmp_path)
-    assert len(chunks) == sum(m.payload.chunk_count(f.size) for f in m.files) > 3
-    shuffled = chunks + chunks[:3]
-    random.Random(7).shuffle(shuffled)
-    asm = ChunkAssembler(m, sha, tmp_path / "stage")
-    done = [asm.add(c) for c in shuffled]
-    assert done[-1] and asm.complete
-    asm.finish()
-    _same_files(tmp_path / "b", tmp_path / "stage")
-
-
-def test_inline_missing_chunks_name_file_and_index(tmp_path: Path) -> None:
-    m, sha, chunks = _inline(tmp_path)
-    asm = ChunkAssembler(m, sha, tmp_path / "stage")
-    onnx_chunks = [c for c in chunks if c["file"] == "model.onnx"]
-    for c in chunks:
-        if c is not onnx_chunks[1]:
-            asm.add(c)
-    assert not asm.complete
-    assert asm.missing() == {"model.onnx": [1]}
-    with pytest.raises(OtaError, match=r"model.onnx: 1 of \d+ missing \(first \[1\]\)") as info:
-        asm.finish()
-    assert info.value.reason == "incomplete"
-
-
-def test_inline_bad_chunks(tmp_path: Path) -> None:
-    m, sha, chunks = _inline(tmp_path)
-    asm = ChunkAssembler(m, sha, tmp_path / "stage")
-    asm.add(chunks[0])
-    assert not asm.add(chunks[0])  # an identical duplicate is ignored
-    flipped = bytearray(base64.b64decode(chunks[0]["data"]))
-    flipped[0] ^= 0xFF
-    conflicting = dict(chunks[0], data=base64.b64encode(bytes(flipped)).decode())
-    with pytest.raises(OtaRejected, match="twice with different bytes") as info:
-        asm.add(conflicting)
-    assert info.value.reason == "hash_mismatch"
-    short = dict(chunks[1], data=base64.b64encode(b"xy").decode())
-    with pytest.raises(OtaRejected) as info:
-        asm.add(short)
-    assert info.value.reason == "size_mismatch"
-    for change, reason in (
-        ({"manifest_sha256": "f" * 64}, "malformed"),
-        ({"file": "../evil"}, "malformed"),
-        ({"index": 10_000}, "malformed"),
-        ({"count": 1}, "malformed"),
-        ({"data": "%%%"}, "malformed"),
-    ):
-        with pytest.raises(OtaRejected) as info:
-            asm.add(dict(chunks[1], **change))
-        assert info.value.reason == reason, change
-    # a tampered chunk of the right length is caught by the file hash
-    asm2 = ChunkAssembler(m, sha, tmp_path / "stage2")
-    for c in chunks:
-        if c["file"] == "model.onnx" and c["index"] == 0:
-            raw = bytearray(base64.b64decode(c["data"]))
-            raw[10] ^= 0xFF
-            asm2.add(dict(c, data=base64.b64encode(bytes(raw)).decode()))
-        else:
-            asm2.add(c)
-    with pytest.raises(OtaRejected) as info:
-        asm2.finish()
-    assert info.value.reason == "hash_mismatch"

@@ -20,7 +20,9 @@ from agent.config.profiles.store import ProfileStore
 from agent.engine.cache import MANIFEST
 from agent.fleet.push import bundle_files, chunk_messages
 from agent.fleet.server import BundleServer
-from agent.ota.manifest import Payload
+from agent.ota.chunks import BufferLimits
+from agent.ota.inbox import Inbox, InboxLimits
+from agent.ota.manifest import Payload, manifest_sha256
 from agent.ota.ports import UpdaterPorts
 from agent.ota.record import BuildResult, ProbationSample
 from agent.ota.states import TERMINAL, TRANSITIONS, UpdateState
@@ -219,11 +221,12 @@ def test_http_and_inline_payloads(env: Env) -> None:
     assert up.committed()[MODEL].version == 2
 
 
-def test_inline_missing_chunk_fails_and_burns_the_version(env: Env) -> None:
+def test_inline_missing_chunk_fails_and_the_same_manifest_may_retry(env: Env) -> None:
     up = env.updater(inline_timeout_s=0.5)
     manifest = manifest_for(env.bundle, 3, Payload(kind="inline", chunk_size=2048))
     chunks = list(chunk_messages(manifest, manifest.to_json(), bundle_files(env.bundle)))
-    up.submit(envelope_bytes(manifest, env.key))
+    envelope = envelope_bytes(manifest, env.key)
+    up.submit(envelope)
     for c in chunks[:-1]:
         up.submit(c)
     assert up.run_once(1)
@@ -231,8 +234,41 @@ def test_inline_missing_chunk_fails_and_burns_the_version(env: Env) -> None:
     assert final["state"] == "failed" and final["reason"] == "incomplete"
     assert "model.yaml: 1 of 1 missing" in final["detail"]
     assert up.store.versions(MODEL) == [] and up.store.high_water(MODEL) == 3
+    # another manifest at the used version is refused ...
     env.push(up, 3, expires_in_s=7200)
     assert env.rec.states[-1]["reason"] == "not_newer"
+    # ... the same signed manifest retries the transfer (also after a restart) and goes active
+    restarted = env.updater(inline_timeout_s=5)
+    restarted.recover()
+    restarted.submit(envelope)
+    for c in chunks:
+        restarted.submit(c)
+    assert restarted.run_once(1)
+    assert env.rec.trail() == HAPPY and restarted.committed()[MODEL].version == 3
+    # once it went past the transfer, the version is used up for that manifest too
+    restarted.submit(envelope)
+    assert restarted.run_once(1)
+    assert env.rec.states[-1]["state"] == "active"  # a duplicate: ignored, nothing published
+
+
+def test_forged_and_deep_messages_during_an_inline_push_are_dropped(env: Env) -> None:
+    up = env.updater()
+    manifest = manifest_for(env.bundle, 2, Payload(kind="inline", chunk_size=2048))
+    sha = manifest_sha256(manifest.to_json())
+    chunks = list(chunk_messages(manifest, manifest.to_json(), bundle_files(env.bundle)))
+    forged = dict(json.loads(chunks[0]), count=999)
+    up.submit(json.dumps(forged).encode())  # before the manifest: buffered, dropped later
+    up.submit(envelope_bytes(manifest, env.key))
+    up.submit(json.dumps(dict(forged, index=1)).encode())
+    up.submit(b"[" * 100_000 + b"]" * 100_000)
+    up.submit(json.dumps({"kind": "chunk", "manifest_sha256": sha, "data": 1}).encode())
+    for c in chunks:
+        up.submit(c)
+    while up.run_once(0.2):
+        pass
+    assert env.rec.trail() == HAPPY, env.rec.states[-1]
+    counts = {"bad_chunk": 1, "count_mismatch": 1, "bad_index": 1, "too_deep": 1}
+    assert up.dropped() == counts  # the forged index 1 of a one-chunk file: bad_index
 
 
 def test_hash_mismatch_after_download_is_rejected_cleanly(env: Env) -> None:
@@ -250,15 +286,27 @@ def test_hash_mismatch_after_download_is_rejected_cleanly(env: Env) -> None:
     assert up.store.high_water(MODEL) == 4  # burnt: decided in agent/ota/updater.py
 
 
-def test_rejections_never_touch_the_high_water_mark(env: Env) -> None:
+def test_unverified_messages_are_counted_not_recorded(env: Env) -> None:
+    """Nothing unsigned changes the record (journalled, published retained) or the high-water
+    mark: an unknown key, garbage, a lone surrogate in a claimed name are counted drops."""
     up = env.updater()
+    env.push(up, 1)
+    published = len(env.rec.states)
     stranger = new_key()
     up.submit(envelope_bytes(manifest_for(env.bundle, 9, file_payload(env.bundle)), stranger))
     up.submit(b"{not json")
-    assert up.run_once(1) and up.run_once(1)
-    reasons = [s["reason"] for s in env.rec.states if s["state"] == "rejected"]
-    assert reasons == ["unknown_key", "malformed"]
-    assert up.store.high_water(MODEL) == 0
+    up.submit(b'{"manifest": {"name": "\\ud800", "version": 99}, "signatures": []}')
+    up.submit(b'{"manifest": {"name": "evil", "version": 99}, "signatures": []}')
+    while up.run_once(0.2):
+        pass
+    assert len(env.rec.states) == published and _journal(env)["state"] == "active"
+    assert up.store.high_water(MODEL) == 1
+    assert up.dropped() == {
+        "bad_unicode": 1,
+        "not_json": 1,
+        "unverified_malformed": 1,
+        "unverified_unknown_key": 1,
+    }
 
 
 def test_probation_nan_rolls_back_to_configured_bundle(env: Env) -> None:
@@ -548,17 +596,19 @@ def test_killed_between_commit_and_journal_write_finishes_active(env: Env) -> No
 
 
 def test_orphan_chunks_stay_within_the_buffer_bound(env: Env) -> None:
-    """Chunks whose manifest never comes are buffered within ota.max_bundle_mib (+1 MiB) in
-    all, also when they all name the same (unknown) push."""
-    up = env.updater(max_bundle_mib=1)
+    """Chunks whose manifest never comes are buffered within the buffer's bound in all, also
+    when they all name the same (unknown) push."""
+    limits = InboxLimits(buffer=BufferLimits(max_bytes=2 * 1024 * 1024))
+    up = env.updater()
+    up.inbox = up.ctx.inbox = Inbox(limits)
     block = "A" * (512 * 1024)
     for i in range(12):  # 6 MiB of chunks for one manifest that never arrives
         chunk = {"kind": "chunk", "manifest_sha256": "f" * 64, "file": "model.onnx"}
         up.submit(json.dumps({**chunk, "index": i, "count": 12, "data": block}).encode())
-        assert up.run_once(1)
-    assert up.inbox.pending_bytes <= up.inbox.max_bytes
-    buffered = sum(len(c) for c in up.inbox.pending_chunks.values())
-    assert 0 < buffered < 12
+        up.run_once(0)
+    assert 0 < up.inbox.pending.bytes <= 2 * 1024 * 1024
+    assert 0 < up.inbox.pending.count < 12
+    assert up.dropped() == {"buffer_full": 12 - up.inbox.pending.count}
 
 
 def test_altered_committed_version_is_not_served_and_says_why(

@@ -1,60 +1,78 @@
 """Remote commands: ``edge/<fleet>/<device>/cmd/<name>`` → ``.../cmd/response``.
 
-:class:`CommandDispatcher` looks a command up in its name → handler table, refuses expired,
-unknown, malformed and oversize requests with an error response (see
-:mod:`agent.comms.commands.requests`), answers a repeated ``id`` with the stored response
-(:mod:`agent.comms.commands.replay`) and runs handlers on its own worker thread, never on the MQTT
-client's. The daemon provides the actions through :class:`agent.comms.ports.Control`.
+:class:`CommandDispatcher` takes every request on the MQTT client's thread and, at once, either
+queues it on a lane or answers it:
+
+* unreadable (over ``max_payload_bytes``, deeper or larger than the JSON bounds, not UTF-8 or
+  not JSON) or without a usable ``id``: dropped and counted by reason (nobody could match an
+  answer to it);
+* over its client's token bucket: ``rate_limited`` with ``retry_after_s``;
+* its lane full (in items or bytes): ``busy`` with ``retry_after_s``;
+* else queued on its lane (:mod:`agent.comms.commands.lanes`): ``fast`` for cheap read-only
+  commands, ``long`` for the rest; OTA messages go to their own ``ota`` lane. The lane's thread
+  answers it (:mod:`agent.comms.commands.responder`): exactly one response per request.
+
+The daemon provides the actions through :class:`agent.comms.ports.Control`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import queue
-import threading
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.comms.commands.handlers import BuiltinHandlers, Handler
+from agent.comms.commands.handlers import FAST, LONG, BuiltinHandlers, Handler
+from agent.comms.commands.lanes import Lane, LaneLimits
 from agent.comms.commands.replay import ReplayStore
 from agent.comms.commands.requests import (
     CommandArgs,
-    CommandFailed,
     Refused,
-    Request,
-    parse_args,
     parse_json,
-    parse_request,
+    request_client,
     request_id,
 )
-from agent.comms.payloads import response_payload
+from agent.comms.commands.responder import Responder, clean_name
 from agent.comms.ports import Control
-from agent.core.errors import EdgeAgentError
+from agent.comms.ratelimit import ClientRateLimits, RateLimiter
 from agent.core.logs import log_fields
 
 log = logging.getLogger(__name__)
 
+OTA = "ota"
+
 
 @dataclass(frozen=True)
-class _Item:
-    kind: str  # "cmd" | "oversize" | "call"
+class CommandLimits:
+    """Per-client token bucket and the bounds of each lane."""
+
+    per_client_per_s: float = 20.0
+    per_client_burst: float = 40.0
+    max_clients: int = 1024
+    fast: LaneLimits = field(default_factory=lambda: LaneLimits(64, 2 << 20))
+    long: LaneLimits = field(default_factory=lambda: LaneLimits(8, 1 << 20))
+    ota: LaneLimits = field(default_factory=lambda: LaneLimits(256, 8 << 20))
+
+
+@dataclass(frozen=True)
+class _Command:
     name: str
-    payload: bytes = b""
-    call: Callable[[], None] | None = None
+    raw: Any
+    rid: str
+
+
+def _retry(seconds: float) -> float:
+    return round(min(3600.0, max(0.1, math.ceil(seconds * 10) / 10)), 1)
 
 
 class CommandDispatcher:
-    """Validates, deduplicates and executes command requests on one worker thread.
-
-    ``publish(payload_bytes)`` sends a response (must not block). ``submit`` is safe to call
-    from the MQTT client's thread: it only checks the size and enqueues. ``handle`` runs one request
-    synchronously and returns the response bytes (used by the worker and by tests).
-    """
+    """Takes requests (:meth:`submit`, from any thread, never blocks) and OTA messages
+    (:meth:`call_soon`); ``publish(payload_bytes)`` sends a response and must not block.
+    :meth:`handle` answers one request synchronously (tests)."""
 
     def __init__(
         self,
@@ -65,7 +83,7 @@ class CommandDispatcher:
         state_dir: Path | None,
         max_payload_bytes: int,
         history: int = 256,
-        queue_size: int = 64,
+        limits: CommandLimits | None = None,
         clock: Callable[[], float] = time.time,
         extra_info: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -73,176 +91,141 @@ class CommandDispatcher:
         self.device = device
         self._publish = publish
         self.max_payload_bytes = max_payload_bytes
-        self.clock = clock
+        self.limits = limits = limits or CommandLimits()
         path = None if state_dir is None else Path(state_dir) / "commands.json"
         self.replay = ReplayStore(path, history)
-        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
-        self._thread: threading.Thread | None = None
-        self.handlers: dict[str, Handler] = BuiltinHandlers(
+        handlers = BuiltinHandlers(
             control, clock=clock, max_payload_bytes=max_payload_bytes, extra_info=extra_info
         ).table()
-        self.executed = 0
-        self.refused = 0
+        self.responder = Responder(
+            handlers, self.replay, device=device, max_payload_bytes=max_payload_bytes, clock=clock
+        )
+        self.lanes: dict[str, Lane[Any]] = {
+            FAST: Lane[_Command](FAST, limits.fast, self._run_command),
+            LONG: Lane[_Command](LONG, limits.long, self._run_command),
+            OTA: Lane[Callable[[], None]](OTA, limits.ota, lambda call: call()),
+        }
+        self.clients = ClientRateLimits(
+            limits.per_client_per_s, limits.per_client_burst, max_clients=limits.max_clients
+        )
         self.busy = 0
-        self.worker_errors = 0
+        self.rate_limited = 0
+        self.dropped: Counter[str] = Counter()
+        """Requests and OTA messages dropped unanswered, by reason."""
+        self._log_limits: dict[str, RateLimiter] = {}
         self.replay.load()
 
-    def register(self, name: str, args: type[CommandArgs], run: Callable[[Any], Any]) -> None:
-        """Add or replace a command; ``run(validated_args)`` returns JSON-able data."""
-        self.handlers[name] = Handler(args, run)
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        return self.responder.handlers
 
-    # ------------------------------------------------------------------ worker
+    @property
+    def executed(self) -> int:
+        return self.responder.executed
+
+    @property
+    def refused(self) -> int:
+        return self.responder.refused
+
+    @property
+    def worker_errors(self) -> int:
+        return sum(lane.errors for lane in self.lanes.values())
+
+    def register(
+        self,
+        name: str,
+        args: type[CommandArgs],
+        run: Callable[[Any], Any],
+        *,
+        lane: str = LONG,
+        remember: bool = True,
+    ) -> None:
+        """Add or replace a command; ``run(validated_args)`` returns JSON-able data."""
+        self.handlers[name] = Handler(args, run, lane, remember)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="edge-commands", daemon=True)
-            self._thread.start()
+        for lane in self.lanes.values():
+            lane.start()
 
     def close(self, timeout_s: float = 5.0) -> None:
-        if self._thread is None:
-            return
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout_s)
-        self._thread.join(timeout_s)
-        self._thread = None
-
-    def submit(self, name: str, payload: bytes) -> bool:
-        """Enqueue one request (thread-safe, never blocks); False when the queue is full."""
-        item = (
-            _Item("oversize", name, str(len(payload)).encode())
-            if len(payload) > self.max_payload_bytes
-            else _Item("cmd", name, payload)
-        )
-        return self._put(item)
-
-    def call_soon(self, name: str, call: Callable[[], None]) -> bool:
-        """Run ``call`` on the worker thread (used for OTA messages); False when full."""
-        return self._put(_Item("call", name, call=call))
-
-    def _put(self, item: _Item) -> bool:
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
-            self.busy += 1
-            log.warning("command queue full; message dropped", extra=log_fields(name=item.name))
-            return False
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self._run_item(item)
-            except Exception:  # a bad handler must never kill the worker
-                self.worker_errors += 1
-                log.exception("command worker error", extra=log_fields(name=item.name))
-
-    def _run_item(self, item: _Item) -> None:
-        if item.kind == "call":
-            assert item.call is not None
-            item.call()
-            return
-        if item.kind == "oversize":
-            self._publish(self._oversize(item.name, int(item.payload.decode())))
-        else:
-            self._publish(self.handle(item.name, item.payload))
-
-    def _oversize(self, name: str, size: int) -> bytes:
-        self.refused += 1
-        log.warning(
-            "command refused: payload too large",
-            extra=log_fields(command=name, size=size, limit=self.max_payload_bytes),
-        )
-        return self._error(
-            None,
-            name,
-            "too_large",
-            f"request is {size} bytes; the limit is {self.max_payload_bytes}",
-        )
-
-    # ------------------------------------------------------------------ one request
-
-    def _error(self, rid: str | None, name: str | None, code: str, message: str) -> bytes:
-        return response_payload(
-            request_id=rid,
-            command=name,
-            device=self.device,
-            ok=False,
-            error_code=code,
-            error=message,
-            ts=self.clock(),
-        )
+        deadline = time.monotonic() + timeout_s
+        for lane in self.lanes.values():
+            lane.close(max(0.1, deadline - time.monotonic()))
 
     def handle(self, name: str, payload: bytes) -> bytes:
-        """Validate and execute one request; returns the response payload."""
+        """Validate and execute one request now; returns the response payload."""
+        return self.responder.handle(name, payload)
+
+    # ------------------------------------------------------------------ intake (any thread)
+
+    def submit(self, name: str, payload: bytes) -> bool:
+        """Take one request: queued (True) or answered/dropped at once (False). Never blocks."""
+        name = clean_name(name)
         try:
             raw = parse_json(name, payload, self.max_payload_bytes)
-            rid = request_id(raw)
-            stored = self.replay.get(rid)
-            if stored is not None:
-                log.info(
-                    "command repeated; stored answer sent", extra=log_fields(id=rid, command=name)
-                )
-                return stored
-            request = parse_request(name, raw, rid, self.clock())
-            handler = self._handler(name, request)
-            args = parse_args(name, request, handler.args)
         except Refused as refusal:
-            return self._refuse(name, refusal)
-        return self.replay.remember(request.id, self._execute(name, request, handler, args))
+            self.drop(name, refusal.reason or refusal.code, size=len(payload))
+            return False
+        rid = request_id(raw)
+        if rid is None:
+            self.drop(name, "no_id", size=len(payload))
+            return False
+        client = request_client(raw)
+        wait = self.clients.admit(client)
+        if wait is not None:
+            self.rate_limited += 1
+            self._saturated(name, rid, "rate_limited", wait, client=client)
+            return False
+        lane = self.lanes[self.responder.lane_of(name) or FAST]
+        if not lane.put(_Command(name, raw, rid), len(payload)):
+            self.busy += 1
+            self._saturated(name, rid, "busy", lane.retry_after_s(), lane=lane.name)
+            return False
+        return True
 
-    def _handler(self, name: str, request: Request) -> Handler:
-        handler = self.handlers.get(name)
-        if handler is None:
-            raise Refused(
-                "unknown_command",
-                f"unknown command {name!r}; known: " + ", ".join(sorted(self.handlers)),
-                request_id=request.id,
-                log_message="command refused: unknown",
-                log_extra={"id": request.id, "command": name},
-            )
-        return handler
+    def call_soon(self, name: str, call: Callable[[], None], size: int = 0) -> bool:
+        """Run ``call`` on the OTA lane (OTA messages of ``size`` bytes); False when full."""
+        if self.lanes[OTA].put(call, size):
+            return True
+        self.drop(clean_name(name), "ota_lane_full", size=size)
+        return False
 
-    def _refuse(self, name: str, refusal: Refused) -> bytes:
-        self.refused += 1
-        if refusal.log_message is not None:
-            log.warning(refusal.log_message, extra=log_fields(**refusal.log_extra))
-        out = self._error(refusal.request_id, name, refusal.code, refusal.message)
-        if refusal.remember and refusal.request_id is not None:
-            return self.replay.remember(refusal.request_id, out)
-        return out
+    def _run_command(self, cmd: _Command) -> None:
+        self._publish(self.responder.answer(cmd.name, cmd.raw, cmd.rid))
 
-    def _execute(self, name: str, request: Request, handler: Handler, args: CommandArgs) -> bytes:
-        started = time.monotonic()
-        try:
-            result = handler.run(args)
-            json.dumps(result, default=str)
-            out = response_payload(
-                request_id=request.id,
-                command=name,
-                device=self.device,
-                ok=True,
-                result=result,
-                ts=self.clock(),
-            )
-        except EdgeAgentError as err:
-            code = err.code if isinstance(err, CommandFailed) else "failed"
-            log.warning(
-                "command failed: %s",
-                err,
-                extra=log_fields(id=request.id, command=name, code=code),
-            )
-            out = self._error(request.id, name, code, str(err))
-        except Exception as err:
-            log.exception("command failed", extra=log_fields(id=request.id, command=name))
-            out = self._error(request.id, name, "failed", f"{type(err).__name__}: {err}")
-        self.executed += 1
-        log.info(
-            "command executed",
-            extra=log_fields(
-                id=request.id, command=name, ms=round((time.monotonic() - started) * 1e3, 1)
-            ),
+    def _saturated(self, name: str, rid: str, code: str, wait_s: float, **fields: Any) -> None:
+        retry = _retry(wait_s)
+        message = (
+            "too many requests from this client; retry later"
+            if code == "rate_limited"
+            else "the command queue is full; retry later"
         )
-        return out
+        self._publish(self.responder.error(rid, name, code, message, retry_after_s=retry))
+        if self._may_log(code):
+            log.warning(
+                "command answered %s",
+                code,
+                extra=log_fields(
+                    id=rid, command=name, retry_after_s=retry, busy=self.busy,
+                    rate_limited=self.rate_limited, **fields,
+                ),
+            )  # fmt: skip
+
+    def drop(self, name: str, reason: str, *, size: int) -> None:
+        """Count (and, a few a second, log) one message dropped unanswered."""
+        self.dropped[reason] += 1
+        if self._may_log(reason):
+            log.warning(
+                "command dropped: %s",
+                reason,
+                extra=log_fields(
+                    command=name, reason=reason, size=size, dropped=self.dropped[reason]
+                ),
+            )
+
+    def _may_log(self, kind: str) -> bool:
+        """At most a few lines a second per kind, whatever the flood (the counters count all)."""
+        limiter = self._log_limits.get(kind)
+        if limiter is None:
+            limiter = self._log_limits.setdefault(kind, RateLimiter(1.0, 5.0))
+        return limiter.take()

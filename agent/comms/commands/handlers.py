@@ -26,13 +26,24 @@ from agent.comms.ports import Control
 from agent.core.redact import redact_config
 from agent.vision.jpeg import encode_jpeg_within
 
+FAST = "fast"
+"""The lane of cheap read-only commands (answered while a long one runs)."""
+LONG = "long"
+"""The lane of commands that take seconds or change state (one at a time)."""
+
 
 @dataclass(frozen=True)
 class Handler:
-    """One command: its argument model and ``run(validated_args)`` → JSON-able data."""
+    """One command: its argument model and ``run(validated_args)`` → JSON-able data.
+
+    ``lane``: :data:`FAST` or :data:`LONG`. ``remember``: store the response under the request
+    id so a repeat is answered without running again (read-only commands simply run again).
+    """
 
     args: type[CommandArgs]
     run: Callable[[Any], Any]
+    lane: str = LONG
+    remember: bool = True
 
 
 def snapshot_jpeg(frame: Any, *, max_bytes: int, quality: int) -> tuple[bytes, int, int]:
@@ -67,11 +78,11 @@ class BuiltinHandlers:
     def table(self) -> dict[str, Handler]:
         """The name → handler table."""
         return {
-            "ping": Handler(NoArgs, self.ping),
-            "get-config": Handler(NoArgs, self.get_config),
+            "ping": Handler(NoArgs, self.ping, FAST, remember=False),
+            "get-config": Handler(NoArgs, self.get_config, FAST, remember=False),
             "reload": Handler(NoArgs, self.reload),
             "set-profile": Handler(SetProfileArgs, self.set_profile),
-            "snapshot": Handler(SnapshotArgs, self.snapshot),
+            "snapshot": Handler(SnapshotArgs, self.snapshot, FAST, remember=False),
             "calib-collect": Handler(CalibCollectArgs, self.calib_collect),
             "rollback-model": Handler(RollbackArgs, self.rollback_model),
         }

@@ -2,25 +2,34 @@
 
 A request is a JSON object::
 
-    {"id": "b7c1", "expires": 1760000000.0, "args": {...}}     # or "ts" + "ttl_s"
+    {"id": "b7c1", "expires": 1760000000.0, "client": "ops-1", "args": {...}}  # or "ts" + "ttl_s"
 
-:func:`parse_json`, :func:`request_id` and :func:`parse_request` turn the wire bytes into a
-:class:`Request` or raise :class:`Refused`, which carries the error response's code and message
-and the log line that goes with it. Nothing here executes or stores anything.
+:func:`parse_json` (size, depth and item count bounded before parsing), :func:`request_id`,
+:func:`request_client` and :func:`parse_request` turn the wire bytes into a :class:`Request` or
+raise :class:`Refused`, which carries the error response's code and message and the log line
+that goes with it. Nothing here executes or stores anything.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.core.errors import CommsError
+from agent.core.jsonlimits import JsonLimits, JsonRejected, loads_bounded
 
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_CLIENT = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
+_CLIENT_RE = re.compile(_CLIENT)
 MAX_ID_CHARS = 128
+#: nesting and element bounds of a request (the size bound is ``mqtt.max_payload_kib``)
+MAX_DEPTH = 16
+MAX_ITEMS = 2000
+ANONYMOUS = ""
+"""The rate-limit key shared by requests that name no ``client``."""
 
 
 class CommandArgs(BaseModel):
@@ -59,10 +68,20 @@ class Request(BaseModel):
     id: str = Field(
         min_length=1, max_length=MAX_ID_CHARS, description="Request id (idempotency key)."
     )
+    client: str | None = Field(
+        default=None, pattern=_CLIENT, description="Sender id: the per-client rate-limit key."
+    )
     expires: float | None = Field(default=None, gt=0, description="Epoch seconds.")
     ts: float | None = Field(default=None, gt=0, description="Issue time, epoch seconds.")
     ttl_s: float | None = Field(default=None, gt=0, le=86400, description="Lifetime from ts.")
     args: dict[str, Any] = Field(default_factory=dict, description="Command arguments.")
+
+    @field_validator("id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("the id must be printable text")
+        return value
 
     @model_validator(mode="after")
     def _expiry(self) -> Request:
@@ -91,7 +110,8 @@ class Refused(Exception):
     """A request refused before it runs: the error response and the warning to log.
 
     ``remember``: store the refusal under the request id (an expired request is answered the
-    same way when repeated). ``log_message`` None: nothing is logged.
+    same way when repeated). ``log_message`` None: nothing is logged. ``reason``: the finer
+    counter label (the :class:`JsonRejected` reason of an unreadable request).
     """
 
     code: str
@@ -100,6 +120,7 @@ class Refused(Exception):
     log_message: str | None = None
     log_extra: dict[str, Any] = field(default_factory=dict)
     remember: bool = False
+    reason: str | None = None
 
 
 def validation_text(err: ValidationError) -> str:
@@ -109,25 +130,39 @@ def validation_text(err: ValidationError) -> str:
     )
 
 
+def command_json_limits(max_bytes: int) -> JsonLimits:
+    """The bounds every request is parsed within."""
+    return JsonLimits(max_bytes=max_bytes, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
+
+
 def parse_json(name: str, payload: bytes, max_bytes: int) -> Any:
-    """The decoded JSON of a request; :class:`Refused` when too large or not JSON."""
-    if len(payload) > max_bytes:
-        raise Refused("too_large", f"request is {len(payload)} bytes")
+    """The decoded JSON of a request, bounded in size, depth and items before parsing;
+    :class:`Refused` (``too_large`` or ``bad_json``, ``reason`` the :class:`JsonRejected` one)."""
     try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as err:
+        return loads_bounded(payload, command_json_limits(max_bytes))
+    except JsonRejected as err:
+        code = "too_large" if err.reason == "too_large" else "bad_json"
         raise Refused(
-            "bad_json",
-            f"request is not JSON: {err}",
-            log_message="command refused: bad JSON",
-            log_extra={"command": name, "error": str(err)},
+            code,
+            f"request refused: {err}",
+            log_message="command refused: unreadable",
+            log_extra={"command": name, "reason": err.reason, "size": len(payload)},
+            reason=err.reason,
         ) from err
 
 
 def request_id(raw: Any) -> str | None:
-    """The request's ``id`` when it is a usable idempotency key (before full validation)."""
+    """The request's ``id`` when it is a usable idempotency key (before full validation):
+    printable text of 1 to 128 characters, echoed unchanged in the response."""
     rid = raw.get("id") if isinstance(raw, dict) else None
-    return rid if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_CHARS else None
+    usable = isinstance(rid, str) and 0 < len(rid) <= MAX_ID_CHARS and rid.isprintable()
+    return rid if usable else None
+
+
+def request_client(raw: Any) -> str:
+    """The request's ``client`` (the rate-limit key) when well formed, else :data:`ANONYMOUS`."""
+    client = raw.get("client") if isinstance(raw, dict) else None
+    return client if isinstance(client, str) and _CLIENT_RE.fullmatch(client) else ANONYMOUS
 
 
 def parse_request(name: str, raw: Any, rid: str | None, now: float) -> Request:

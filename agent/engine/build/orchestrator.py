@@ -10,8 +10,14 @@
         (manifest carries the gate report) → choose
 
 The float reference is the prepared float model run by ONNX Runtime on the CPU. Everything is
-built in a ``.tmp-build-*`` directory under the cache root, removed at the end whatever happens;
-only complete, verified entries are ever published (by :meth:`EngineCache.commit`).
+built in a ``.tmp-build-*`` directory under the cache root, claimed while the build lives
+(:mod:`agent.engine.tmpdirs`: a build SIGKILLed leaves it to the next sweep) and removed at the
+end whatever happens; only complete, verified entries are ever published (by
+:meth:`EngineCache.commit`).
+
+This function parses and transforms the model in the calling process: the daemon calls it
+through :func:`agent.engine.build.isolated.build_engine_isolated`, which runs it whole in the
+memory-capped child.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from agent.engine.build.publish import commit_candidates, finish
 from agent.engine.build.search import gate_and_recover
 from agent.engine.build.steps import prepare_inputs
 from agent.engine.bundle import load_bundle
+from agent.engine.tmpdirs import claim_dir
 
 __all__ = ["build_engine", "default_cache_dir"]
 
@@ -98,6 +105,7 @@ def build_engine(
         options=options,
         progress=progress,
     )
+    claim = claim_dir(ctx.work)  # a sweep elsewhere leaves a live build's directory alone
     try:
         inputs = prepare_inputs(ctx)
         candidates = lookup_candidates(ctx, inputs, wanted)
@@ -109,4 +117,5 @@ def build_engine(
         artifacts = commit_candidates(ctx, inputs, live_candidates(candidates), verdict)
         return finish(ctx, inputs, verdict, artifacts)
     finally:
+        claim.release()
         shutil.rmtree(ctx.work, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import pickle
 from typing import Any
@@ -43,6 +44,7 @@ def child_main(
     job_path: str,
     address_space_cap_mib: int | None,
     oom_score_adj: int | None = BUILD_OOM_SCORE_ADJ,
+    allow_children: bool = False,
 ) -> None:
     """Entry point of the child process (top level so ``spawn`` can pickle it).
 
@@ -54,7 +56,15 @@ def child_main(
     The job travels through a file, not through the ``Process`` arguments: CPython's spawn
     writes those into a pipe whose read end the parent keeps open until the write completes,
     so a child that dies while starting would block the parent forever on a large payload.
+
+    ``allow_children``: the job may start isolated children of its own (the whole build run
+    from the daemon starts the quantize and backend-build children). The parent starts us as a
+    daemonic process (so that it never waits for us at exit), and multiprocessing refuses
+    children to a daemonic process; we drop the flag here instead. Our children die with us
+    (``PR_SET_PDEATHSIG``), so nothing outlives the parent either way.
     """
+    if allow_children:
+        multiprocessing.current_process().daemon = False
     with contextlib.suppress(OSError):
         os.setsid()  # own session and process group: the parent kills the group on timeout
     raise_oom_score(oom_score_adj)  # the kernel's OOM killer takes the build, not the agent

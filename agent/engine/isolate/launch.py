@@ -42,7 +42,7 @@ from agent.backends.base import BuildRequest, BuildResult
 from agent.core.errors import BuildFailed
 from agent.core.progress import ProgressFn, no_progress
 from agent.engine.isolate.child import child_main
-from agent.engine.isolate.limits import kill_group, rss_mib
+from agent.engine.isolate.limits import BUILD_OOM_SCORE_ADJ, kill_group, rss_mib
 from agent.engine.isolate.protocol import error_from_payload, handle_message, oom_error
 from agent.engine.isolate.targets import backend_build_target
 
@@ -76,6 +76,7 @@ class _Job:
     progress: ProgressFn
     workspace_mib: int | None
     what: str
+    allow_children: bool = False
 
 
 @dataclass
@@ -98,6 +99,7 @@ def run_isolated(
     what: str = "build",
     scratch_dir: str | os.PathLike[str] | None = None,
     limit_address_space: bool = True,
+    allow_children: bool = False,
 ) -> IsolatedOutcome[T]:
     """Run ``target(progress, *args)`` in a spawned child and return its value.
 
@@ -108,13 +110,24 @@ def run_isolated(
     ``target`` must be a module-level function (it is pickled by reference); ``target`` and
     ``args`` are pickled into a file under ``scratch_dir`` (default: the system temp dir).
     Progress messages from the child are passed to ``progress`` in this process.
+    ``allow_children`` lets the target run isolated children of its own (their progress goes
+    through the target's ``progress``, so it reaches this process too). Those children inherit
+    the ``RLIMIT_AS`` set here: leave ``limit_address_space`` off when any of them builds with
+    a CUDA backend.
     """
     with tempfile.TemporaryDirectory(prefix="edge-agent-job.", dir=scratch_dir) as tmp:
         job_path = os.path.join(tmp, "job.pickle")
         with open(job_path, "wb") as handle:
             pickle.dump((target, args), handle, protocol=pickle.HIGHEST_PROTOCOL)
         job = _Job(
-            job_path, memory_cap_mib, limit_address_space, timeout_s, progress, workspace_mib, what
+            job_path,
+            memory_cap_mib,
+            limit_address_space,
+            timeout_s,
+            progress,
+            workspace_mib,
+            what,
+            allow_children,
         )
         return _run_job(job)
 
@@ -124,7 +137,13 @@ def _start(job: _Job) -> tuple[Any, Any]:
     channel = ctx.Queue()
     process = ctx.Process(
         target=child_main,
-        args=(channel, job.path, job.memory_cap_mib if job.limit_address_space else None),
+        args=(
+            channel,
+            job.path,
+            job.memory_cap_mib if job.limit_address_space else None,
+            BUILD_OOM_SCORE_ADJ,
+            job.allow_children,
+        ),
         name=f"edge-agent-{job.what}",
         daemon=True,
     )
