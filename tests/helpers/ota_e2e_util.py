@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,9 +29,10 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.assets import CLS_BUNDLE, REPO
 from tests.assets import CLS_CALIB as CALIB
+from tests.assets import REPO
 from tests.helpers.broker import Broker
+from tests.helpers.ota_support import copy_bundle as plain_copy
 
 MODEL = "shapes-cls"
 #: served frames are brighter than this (mean of the /255 input), held-out frames are darker
@@ -43,9 +43,9 @@ BRIGHT_THRESHOLD = 0.9
 
 
 def copy_bundle(dest: Path, *, version: int | None = None) -> Path:
-    """A copy of the bundled shapes classifier; ``version`` goes into model.yaml."""
-    shutil.copytree(CLS_BUNDLE, dest)
-    (dest / "metrics.json").unlink(missing_ok=True)
+    """A copy of the bundled shapes classifier with its held-out set; ``version`` goes into
+    model.yaml."""
+    plain_copy(dest, heldout=True)
     if version is not None:
         _edit_yaml(dest, version=version)
     return dest

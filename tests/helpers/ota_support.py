@@ -20,10 +20,11 @@ from tests.assets import CLS_BUNDLE
 FLEET, DEVICE = "fleet1", "dev1"
 
 
-def copy_bundle(dest: Path) -> Path:
-    """A fresh copy of the bundled shapes classifier (model.yaml, model.onnx, labels.txt),
-    without its 600-image labelled ``heldout/`` set, which these manifest tests do not need."""
-    shutil.copytree(CLS_BUNDLE, dest, ignore=shutil.ignore_patterns("heldout"))
+def copy_bundle(dest: Path, *, heldout: bool = False) -> Path:
+    """A fresh copy of the bundled shapes classifier (model.yaml, model.onnx, labels.txt);
+    its 600-image labelled ``heldout/`` set only with ``heldout`` (manifest tests need none)."""
+    ignore = None if heldout else shutil.ignore_patterns("heldout")
+    shutil.copytree(CLS_BUNDLE, dest, ignore=ignore)
     (dest / "metrics.json").unlink(missing_ok=True)
     return dest
 

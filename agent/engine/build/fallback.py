@@ -46,7 +46,7 @@ def _all_failed(candidates: list[Candidate], errors: dict[str, EdgeAgentError]) 
         f"no precision could be built ({reasons})",
         fix=(first.fix if first is not None else None)
         or "fix the first error above, or build one precision with --precision",
-        out_of_memory=any(getattr(e, "out_of_memory", False) for e in errors.values()),
+        out_of_memory=any(isinstance(e, BuildFailed) and e.out_of_memory for e in errors.values()),
     )
 
 

@@ -3,6 +3,7 @@ accuracy search reads, and the reasons the build report and ``inspect`` show."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,8 +42,10 @@ class GraphFacts:
         self.consumers = {k: list(v) for k, v in consumers.items()}
 
 
+@functools.lru_cache(maxsize=4)
 def graph_facts(onnx_path: Path, recipe: str) -> GraphFacts:
-    """Read the prepared model's node op types and quantized consumers."""
+    """Read the prepared model's node op types and quantized consumers (once per prepared
+    file: every attempt of a build's accuracy search asks for the same one)."""
     model = load_model(onnx_path, external_data=False)
     ops = {n.name: n.op_type for n in model.graph.node}
     return GraphFacts(ops, quantized_consumers(model, RECIPES[recipe]))
@@ -50,15 +53,11 @@ def graph_facts(onnx_path: Path, recipe: str) -> GraphFacts:
 
 def sensitivity_ranking(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``[{"node", "op", "added_error"}, ...]`` worst first: the quantizer's own ranking
-    (``report["sensitivity"]``) or, without one, its per-node errors before exclusion."""
+    (``report["sensitivity"]``, always written for INT8)."""
     ranked = report.get("sensitivity")
-    if isinstance(ranked, list) and ranked:
-        return [dict(r) for r in ranked if isinstance(r, Mapping) and "node" in r]
-    errors = report.get("node_error_before")
-    if not isinstance(errors, Mapping):
+    if not isinstance(ranked, list):
         return []
-    items = sorted(errors.items(), key=lambda kv: -float(kv[1]))
-    return [{"node": str(n), "op": "", "added_error": float(e)} for n, e in items]
+    return [dict(r) for r in ranked if isinstance(r, Mapping) and "node" in r]
 
 
 def _errors(report: Mapping[str, Any]) -> dict[str, float]:

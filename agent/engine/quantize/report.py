@@ -4,18 +4,17 @@ and, per node kept in float, why."""
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 from dataclasses import dataclass
 from typing import Any
 
+from agent.engine.isolate.limits import peak_rss_mib
 from agent.engine.onnxgraph import ModelProto
 from agent.engine.quantize.exclusion import Exclusion
 from agent.engine.quantize.job import Job
 from agent.engine.quantize.placement import quantized_consumers
 from agent.engine.quantize.qdq import count_qdq
 
-__all__ = ["REASONS", "FloatReasons", "build_report", "peak_rss_mib"]
+__all__ = ["REASONS", "FloatReasons", "build_report"]
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +64,6 @@ class FloatReasons:
                     }
                 )
         return rows
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory in MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / 1024.0 if sys.platform.startswith("linux") else rss / (1 << 20), 1)
 
 
 def _sensitivity(
@@ -125,6 +118,6 @@ def build_report(
         "sensitivity": _sensitivity(job, model, exclusion, requested),
         "kept_float": kept,
         "float_reasons": {row["node"]: row["reason"] for row in kept},
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
         "prepare_notes": list(job.prepared.notes),
     }
