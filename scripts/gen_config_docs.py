@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the field reference tables of the configuration documents from the code.
 
-    python scripts/gen_config_docs.py           # rewrite docs/model-yaml.md's generated block
+    python scripts/gen_config_docs.py           # rewrite model-yaml.md and fleet.md
     python scripts/gen_config_docs.py --check   # exit 1 when the document is out of date
 
 The tables come from the pydantic models' titles, descriptions, defaults, bounds and examples
@@ -17,11 +17,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from agent.config.fleet import FleetConfig  # noqa: E402
 from agent.config.model import ModelBundleConfig  # noqa: E402
 from agent.config.reference import reference_markdown, replace_generated  # noqa: E402
 
 #: document → the root model whose fields it documents
-DOCUMENTS = {REPO / "docs" / "model-yaml.md": ModelBundleConfig}
+DOCUMENTS = {
+    REPO / "docs" / "model-yaml.md": ModelBundleConfig,
+    REPO / "docs" / "fleet.md": FleetConfig,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

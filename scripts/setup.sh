@@ -2,6 +2,7 @@
 # Create (or refresh) the local virtual environment .venv and install Edge Agent into it.
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh dev      plus test tools (pytest, ruff, pyright, hypothesis, tensorrt-stubs)
+#                             and the fleet extra (psycopg, for the PostgreSQL fleet store)
 # Idempotent: re-running only installs what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing edge-agent${extra:+[$extra]} into .venv"
   "${PIP[@]}" install --upgrade pip
   if [ "$extra" = "dev" ]; then
-    "${PIP[@]}" install -e ".[dev]"
+    "${PIP[@]}" install -e ".[dev,fleet]"
     # The stubs declare a dependency on the tensorrt wheel, which comes from NVIDIA's own index
     # (and, on a Jetson, from JetPack): install the type stubs alone.
     "${PIP[@]}" install --no-deps "tensorrt-stubs>=10.3"

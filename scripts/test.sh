@@ -12,18 +12,22 @@ ruff format --check .
 echo "== pyright (tensorrt-stubs for agent/backends/tensorrt/)"
 pyright
 echo "== import-linter"; lint-imports
-echo "== mosquitto and systemd-analyze (real brokers on loopback; the unit's verify/security)"
+echo "== mosquitto, systemd-analyze, postgresql (real brokers and databases on loopback)"
 MISSING=""
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   MISSING="mosquitto"
 fi
 command -v systemd-analyze >/dev/null || MISSING="$MISSING systemd"
+# the PostgreSQL fleet store's tests start a real server from the distribution's binaries
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  MISSING="$MISSING postgresql"
+fi
 if [ -n "$MISSING" ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
   # shellcheck disable=SC2086 # MISSING is a list of package names
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING \
-    || echo "could not install$MISSING; the MQTT / systemd unit tests will be skipped"
+    || echo "could not install$MISSING; the MQTT / systemd unit / PostgreSQL store tests will be skipped"
 fi
 echo "== pytest"
 set +e

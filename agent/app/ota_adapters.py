@@ -30,8 +30,9 @@ from agent.engine.artifact import engine_sha256
 from agent.engine.build.isolated import BuildJob, build_engine_isolated
 from agent.engine.bundle import read_bundle_files
 from agent.engine.cache import load_artifact
+from agent.engine.validate.results import GateReport, PrecisionResult
 from agent.ota.manifest import Golden, GoldenCase, validate_manifest
-from agent.ota.record import BuildResult, ProbationSample
+from agent.ota.record import BuildResult, GateVerdict, ProbationSample
 from agent.ota.store import ENVELOPE_FILE
 from agent.pipeline.stats import PipelineStats
 
@@ -41,6 +42,7 @@ __all__ = [
     "GoldenChecker",
     "PipelineServing",
     "engine_build_hook",
+    "gate_verdict",
     "golden_checker",
 ]
 
@@ -85,9 +87,25 @@ def engine_build_hook(
             precision=artifact.precision,
             cache_hit=outcome.cache_hit,
             details={"why": outcome.report.why},
+            gate=gate_verdict(outcome.report, chosen),
         )
 
     return build
+
+
+def gate_verdict(report: GateReport, chosen: PrecisionResult | None) -> GateVerdict | None:
+    """The gate's verdict on the chosen precision for the OTA record (``artifact.gate``):
+    ``task_drop`` = float reference's task metric − the chosen engine's (> 0 = worse), None
+    without held-out labels."""
+    if chosen is None:
+        return None
+    task = chosen.task_metric
+    drop: float | None = None
+    if task is not None and task.delta is not None:
+        drop = -task.delta  # delta = candidate − reference
+    elif task is not None and report.reference_metric is not None:
+        drop = report.reference_metric.value - task.value
+    return GateVerdict(chosen.passed, chosen.metric, chosen.value, drop)
 
 
 class GoldenChecker:

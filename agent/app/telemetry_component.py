@@ -1,11 +1,18 @@
 """Telemetry as a daemon component: the ``metrics`` payload every ``telemetry.interval_s`` (the
 profile's) to MQTT and the optional Prometheus endpoint, daemon events to ``events``, and the
 pipeline sink that sends detections. The MQTT service and the exporter are built outside
-(:mod:`agent.app.service`); nothing here imports paho or prometheus_client."""
+(:mod:`agent.app.service`); nothing here imports paho or prometheus_client.
+
+The metrics timer has a random phase: the first report goes out ``uniform(0, interval)`` after
+the first tick, then every interval on that phase, so a fleet restarted together (a power cut)
+does not report in lockstep. It runs on the daemon's clock, not the broker connection: a
+reconnect sends the retained birth at once but does not move the timer (what was spooled
+while offline is replayed by the comms service)."""
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +62,7 @@ class TelemetryComponent:
         metrics: Callable[[], dict[str, Any]],
         profile: Callable[[], DeviceProfile | None],
         interval_s: float,
+        rng: random.Random | None = None,
     ) -> None:
         self.service = service
         self.exporter = exporter
@@ -62,7 +70,8 @@ class TelemetryComponent:
         self.metrics = metrics
         self.profile = profile
         self.interval_s = interval_s
-        self._next = 0.0
+        self._rng = rng or random.Random()
+        self._next: float | None = None
         self._published = 0
         self._errors = 0
 
@@ -98,9 +107,13 @@ class TelemetryComponent:
         profile = self.profile()
         if profile is not None:
             self.interval_s = profile.telemetry.interval_s
+        if self._next is None:  # the random phase of this device's reports
+            self._next = now + self._rng.uniform(0.0, self.interval_s)
         if now < self._next and self._next - now <= self.interval_s:
             return
-        self._next = now + self.interval_s
+        keep_phase = self._next + self.interval_s
+        in_step = now < keep_phase <= now + self.interval_s
+        self._next = keep_phase if in_step else now + self.interval_s
         self.publish_now()
 
     def publish_now(self) -> None:

@@ -1,4 +1,5 @@
-"""``edge-agent validate-config FILE...``: check agent.yaml, device profiles and model.yaml files.
+"""``edge-agent validate-config FILE...``: check agent.yaml, device profiles, model.yaml and the
+fleet controller's fleet.yaml files.
 
 Each problem is printed as ``file:line: key: message``; the exit code is 2 when any file has a
 problem and 0 when all are valid.
@@ -30,7 +31,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "validate-config",
-        help="validate agent.yaml, device profiles and model.yaml files",
+        help="validate agent.yaml, device profiles, model.yaml and fleet.yaml files",
         description="Validate configuration files. Prints file:line: key: message per problem "
         "and exits 2 if any file is invalid.",
     )
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--kind",
         default="auto",
-        choices=["auto", "agent", "profile", "model"],
+        choices=["auto", "agent", "profile", "model", "fleet"],
         help="schema to use (auto: from the file's location, name and keys)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only problems")

@@ -18,6 +18,7 @@ from agent.cli import (
     bench,
     build,
     config,
+    fleet,
     infer,
     inspect,
     monitor,
@@ -44,6 +45,7 @@ COMMAND_GROUPS: tuple[tuple[str, Register], ...] = (
     ("monitor", monitor.register),
     ("keygen, push, ota-status", ota.register),
     ("run", run.register),
+    ("fleet", fleet.register),
 )
 
 

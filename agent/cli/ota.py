@@ -1,9 +1,8 @@
 """``edge-agent keygen | push | ota-status``: signed over-the-air model pushes.
 
 * ``keygen --out DIR`` — an Ed25519 key pair for signing pushes (NAME.key 0600, NAME.pub).
-* ``push BUNDLE --key K --version N ...`` — hash the bundle, sign the manifest, and publish it
-  (QoS 1) to ``edge/<fleet>/<device>/ota`` or ``edge/<fleet>/group/<group>/ota``; the files are
-  fetched from ``--url``, from a local server (``--serve``), or sent inline as MQTT chunks.
+* ``push BUNDLE --key K --version N ...`` — hash the bundle, sign the manifest, publish it and
+  say which devices it reached (:mod:`agent.cli.push`).
 * ``ota-status --state-dir DIR`` — the device's OTA journal, committed versions and
   high-water marks.
 
@@ -15,24 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from agent.cli.common import print_json
+from agent.cli.push import register_push
 from agent.config.load import load_run_config
 from agent.core.errors import OtaError
 from agent.fleet.keygen import generate_keypair
-from agent.fleet.publish import (
-    GoldenRequest,
-    PushRequest,
-    ServeRequest,
-    plan_push,
-    sign_and_publish,
-    start_payload,
-)
-from agent.fleet.server import BundleServer
-from agent.ota.manifest import Compat
 from agent.ota.store import VersionStore
 
 # ---------------------------------------------------------------------------- keygen
@@ -53,72 +42,6 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         print(f"public key:  {pair.public_key}  (copy it into each device's ota.trust_dir)")
         print(f"key id:      {pair.key_id}")
     return 0
-
-
-# ---------------------------------------------------------------------------- push
-
-
-def _csv(text: str | None) -> list[str]:
-    return [p.strip() for p in (text or "").split(",") if p.strip()]
-
-
-def _push_request(args: argparse.Namespace) -> PushRequest:
-    golden = None
-    if args.golden:
-        golden = GoldenRequest(Path(args.golden), atol=args.golden_atol, rtol=args.golden_rtol)
-    return PushRequest(
-        bundle_dir=Path(args.bundle),
-        key_path=Path(args.key),
-        version=args.version,
-        fleet=args.fleet,
-        device=args.device,
-        group=args.group,
-        source="serve" if args.serve else "inline" if args.inline else "url",
-        url=args.url,
-        serve=ServeRequest(args.host, args.port, args.advertise_host),
-        expires_in=args.expires_in,
-        compat=Compat(
-            profiles=_csv(args.profiles),
-            families=_csv(args.families),
-            min_tensorrt=args.min_tensorrt,
-            min_jetpack=args.min_jetpack,
-        ),
-        golden=golden,
-        chunk_kib=args.chunk_kib,
-        max_inline_mib=args.max_inline_mib,
-        mqtt_url=args.mqtt_url,
-        out=Path(args.out) if args.out else None,
-    )
-
-
-def _cmd_push(args: argparse.Namespace) -> int:
-    request = _push_request(args)
-    plan = plan_push(request)
-    payload, server = start_payload(request, plan)
-    try:
-        result = sign_and_publish(request, plan, payload)
-        if not args.mqtt_url and not args.out:
-            print_json(result.envelope)
-        else:
-            print_json(result.summary(args.out))
-        if server is not None:
-            _serve(server, args.serve_for)
-    finally:
-        if server is not None:
-            server.stop()
-    return 0
-
-
-def _serve(server: BundleServer, seconds: float) -> None:
-    print(
-        f"serving {len(server.files)} files at {server.base_url} for {seconds:g} s (Ctrl-C stops)",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        server.serve_for(seconds)
-    except KeyboardInterrupt:
-        print("stopped serving", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- status
@@ -197,7 +120,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``keygen``, ``push`` and ``ota-status`` to the ``edge-agent`` parser."""
     _register_keygen(sub)
-    _register_push(sub)
+    register_push(sub)
     _register_status(sub)
 
 
@@ -212,53 +135,6 @@ def _register_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     kg.add_argument("--name", default="fleet", help="file name stem (default: fleet)")
     kg.add_argument("--json", action="store_true")
     kg.set_defaults(handler=_cmd_keygen)
-
-
-def _register_push(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "push",
-        help="sign and publish a model bundle to a device or group over MQTT",
-        description="Hashes every file of BUNDLE, signs a manifest (Ed25519 over canonical "
-        "JSON) and publishes it at QoS 1 to edge/<fleet>/<device>/ota or "
-        "edge/<fleet>/group/<group>/ota. Without --mqtt-url and --out the signed envelope is "
-        "printed.",
-    )
-    p.add_argument("bundle", help="bundle directory (model.yaml, ONNX, labels)")
-    p.add_argument("--key", required=True, help="private key from `edge-agent keygen`")
-    p.add_argument(
-        "--version", required=True, type=int, help="monotonic version (> the last pushed)"
-    )
-    p.add_argument("--expires-in", default="24h", help="manifest lifetime (e.g. 24h, 30m, 7d)")
-    p.add_argument("--profiles", default=None, help="comma-separated device profiles allowed")
-    p.add_argument("--families", default=None, help="comma-separated board families allowed")
-    p.add_argument("--min-tensorrt", default=None, help="lowest TensorRT version, e.g. 10.3")
-    p.add_argument("--min-jetpack", default=None, help="lowest JetPack version, e.g. 6.1")
-    p.add_argument(
-        "--golden", default=None, help="directory of NAME.input.npy / NAME.expected.npy pairs"
-    )
-    p.add_argument("--golden-atol", default="0.05", help="golden absolute tolerance (decimal)")
-    p.add_argument("--golden-rtol", default="0.05", help="golden relative tolerance (decimal)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--url", default=None, help="base URL the device downloads files from")
-    src.add_argument("--serve", action="store_true", help="serve the files from this host")
-    src.add_argument("--inline", action="store_true", help="send the files as MQTT chunks")
-    p.add_argument("--host", default="127.0.0.1", help="--serve: address to bind")
-    p.add_argument("--port", type=int, default=0, help="--serve: port (0 = a free one)")
-    p.add_argument(
-        "--advertise-host", default=None, help="--serve: host name devices use (default --host)"
-    )
-    p.add_argument("--serve-for", type=float, default=600.0, help="--serve: seconds to serve")
-    p.add_argument("--chunk-kib", type=int, default=64, help="--inline: chunk size in KiB")
-    p.add_argument(
-        "--max-inline-mib", type=int, default=16, help="--inline: largest bundle sent inline"
-    )
-    tgt = p.add_mutually_exclusive_group(required=True)
-    tgt.add_argument("--device", default=None, help="target device id")
-    tgt.add_argument("--group", default=None, help="target group")
-    p.add_argument("--fleet", required=True, help="fleet name")
-    p.add_argument("--mqtt-url", default=None, help="broker, mqtt://host:port or mqtts://...")
-    p.add_argument("--out", default=None, help="also write the signed envelope to this file")
-    p.set_defaults(handler=_cmd_push)
 
 
 def _register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

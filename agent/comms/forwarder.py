@@ -4,16 +4,24 @@
 A record leaves the spool only when the broker acknowledged it (or refused it: MQTT 5 PUBACK
 failure, counted in ``rejected``). A rebuilt paho client (``client.epoch`` changed) lost its
 in-flight messages: they are sent again from the first unacknowledged record.
+
+With a lifetime (``mqtt.telemetry_expiry_s``) a record whose age (now − its payload's ``ts``)
+reached it is dropped instead of sent (acknowledged in the spool, counted in ``expired``); the
+others carry the rest of their lifetime as the MQTT 5 message expiry interval, so a broker
+holding them for an offline subscriber drops them in time too.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from agent.comms.mqtt import MqttClient
+from agent.comms.payloads import payload_ts
 from agent.comms.spool import Record, Spool
 from agent.core.logs import log_fields
 
@@ -28,11 +36,22 @@ class SpoolForwarder:
     """Moves records from the spool to the MQTT client. ``on_published`` is paho's callback;
     ``wake()`` is called by anyone who changed something the forwarder waits for."""
 
-    def __init__(self, spool: Spool, *, window: int) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        window: int,
+        lifetime_s: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.spool = spool
         self.window = window
+        self.lifetime_s = lifetime_s
+        self.clock = clock
         self.sent = 0
         self.rejected = 0
+        self.expired = 0
+        """Records older than ``lifetime_s`` dropped instead of sent."""
         self._client: MqttClient | None = None
         self._inflight: dict[int, int] = {}
         self._early: OrderedDict[int, tuple[bool, float]] = OrderedDict()
@@ -87,10 +106,25 @@ class SpoolForwarder:
                 log.exception("mqtt forwarder error; continuing")
                 time.sleep(0.5)
 
+    def expiry_s(self, rec: Record) -> int | None:
+        """Seconds ``rec`` has left to live (0: expired), None when it never expires."""
+        if self.lifetime_s <= 0:
+            return None
+        ts = payload_ts(rec.payload)
+        if ts is None:
+            return None
+        return max(0, math.ceil(ts + self.lifetime_s - self.clock()))
+
     def _send(self, client: MqttClient, records: list[Record], cursor: int) -> int:
         """Publish ``records``; returns the cursor after the last one paho took."""
+        expired = 0
         for rec in records:
-            info = client.publish(rec.topic, rec.payload, rec.qos, rec.retain)
+            expiry = self.expiry_s(rec)
+            if expiry == 0:
+                self.spool.ack(rec.id)
+                expired, cursor = expired + 1, rec.id + 1
+                continue
+            info = client.publish(rec.topic, rec.payload, rec.qos, rec.retain, expiry_s=expiry)
             if info is None:
                 break
             with self._lock:
@@ -100,6 +134,13 @@ class SpoolForwarder:
             if early is not None:
                 self._acked(rec.id, early[0])
             cursor = rec.id + 1
+        if expired:
+            with self._lock:
+                self.expired += expired
+            log.warning(
+                "spooled messages outlived mqtt.telemetry_expiry_s; dropped",
+                extra=log_fields(expired=expired, total_expired=self.expired),
+            )
         return cursor
 
     def _acked(self, rid: int, ok: bool) -> None:

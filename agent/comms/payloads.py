@@ -116,8 +116,10 @@ def state_payload(
     reason: str | None = None,
     ts: float | None = None,
     version: str | None = None,
+    group: str | None = None,
 ) -> bytes:
-    """Retained ``.../state``: birth (online) or last will / clean shutdown (offline)."""
+    """Retained ``.../state``: birth (online) or last will / clean shutdown (offline);
+    ``group`` is the device's ``mqtt.group`` (optional field, when set)."""
     doc: dict[str, Any] = {
         "schema": SCHEMA_STATE,
         "state": state,
@@ -129,7 +131,20 @@ def state_payload(
         doc["reason"] = reason
     if version is not None:
         doc["version"] = version
+    if group is not None:
+        doc["group"] = group
     return _dump(doc)
+
+
+def payload_ts(payload: bytes) -> float | None:
+    """The ``ts`` of a payload built here (a spooled metrics or event message), or None when it
+    has none: how old a stored message is."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    ts = doc.get("ts") if isinstance(doc, dict) else None
+    return float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
 
 
 def validate_metrics(body: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,8 @@ class CommsStatus:
     commands_dropped: int
     """Requests (unreadable, no usable id) and OTA messages (lane full) dropped unanswered."""
     last_error: str | None
+    expired: int = 0
+    """Spooled messages dropped because they outlived ``mqtt.telemetry_expiry_s``."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +114,8 @@ class CommsService(Closeable):
     ) -> None:
         self.cfg = cfg
         self.device_id = device_id
-        self.topics = Topics(fleet, device_id, group or cfg.group)
+        self.group = group or cfg.group
+        self.topics = Topics(fleet, device_id, self.group)
         self.dir = Path(state_dir) / "comms"
         self.control = control
         self.on_ota_message = on_ota_message
@@ -146,7 +149,9 @@ class CommsService(Closeable):
         self.boot = next_boot(self.dir)
         spool = self.spool = Spool(self.dir / "spool", max_bytes=self.cfg.spool_max_mib << 20)
         self.dispatcher = self._new_dispatcher()
-        forwarder = self.forwarder = SpoolForwarder(spool, window=self.window)
+        forwarder = self.forwarder = SpoolForwarder(
+            spool, window=self.window, lifetime_s=self.cfg.telemetry_expiry_s, clock=self.clock
+        )
         client = self.client = self._new_client(forwarder)
         try:
             client.start()
@@ -184,7 +189,9 @@ class CommsService(Closeable):
             subs.append((self.topics.group_ota, 1))
         will = Will(
             self.topics.state,
-            state_payload("offline", device=self.device_id, boot=self.boot, reason="lost"),
+            state_payload(
+                "offline", device=self.device_id, boot=self.boot, reason="lost", group=self.group
+            ),
         )
         return MqttClient(
             self.cfg,
@@ -305,6 +312,7 @@ class CommsService(Closeable):
             commands_rate_limited=disp.rate_limited if disp else 0,
             commands_dropped=sum(disp.dropped.values()) if disp else 0,
             last_error=self.last_error or (client.last_error if client else None),
+            expired=fwd.expired if fwd else 0,
         )
 
     def wait_drained(self, timeout_s: float) -> bool:
@@ -350,7 +358,13 @@ class CommsService(Closeable):
         assert client is not None
         client.publish(
             self.topics.state,
-            state_payload("online", device=self.device_id, boot=self.boot, version=self.version),
+            state_payload(
+                "online",
+                device=self.device_id,
+                boot=self.boot,
+                version=self.version,
+                group=self.group,
+            ),
             qos=1,
             retain=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -9,6 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import NAME_PATTERN, Strict, at
+from agent.core.errors import EdgeAgentError
+from agent.core.redact import redact_text
 
 
 class TlsConfig(Strict):
@@ -56,7 +59,62 @@ def check_device_id(value: str) -> str:
     return value
 
 
-_MQTT_URL = re.compile(r"^mqtts?://[^\s/:]+(:\d{1,5})?/?$")
+_MQTT_URL = re.compile(r"^mqtts?://[^\s/:@]+(:\d{1,5})?/?$")
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+"""Names of environment variables that hold secrets."""
+
+
+def read_secret(*, file: Path | None, env: str | None, file_key: str, env_key: str) -> str | None:
+    """The secret held by ``file`` (trailing newline stripped) or by the variable ``env``;
+    None when neither is set. ``file_key`` / ``env_key`` name the settings in errors (e.g.
+    ``mqtt.password_file``); the secret itself never appears in one."""
+    if file is not None:
+        path = Path(file).expanduser()
+        try:
+            secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8"
+            raise EdgeAgentError(
+                f"{file_key}: cannot read the secret ({reason})",
+                fix=f"write the secret on one line into a file readable by this user only "
+                f"(chmod 600) and point {file_key} at it",
+                path=path,
+            ) from None
+        if not secret:
+            raise EdgeAgentError(
+                f"{file_key}: the file is empty", fix="write the secret into it", path=path
+            )
+        return secret
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise EdgeAgentError(
+                f"{env_key}: the environment variable {env} is not set (or is empty)",
+                fix=f"export {env} with the secret before starting, or use {file_key}",
+            )
+        return value
+    return None
+
+
+def _url_problem(v: str) -> str | None:
+    """Why ``v`` is not a broker URL, in words that never repeat a password."""
+    if "@" in v:
+        scheme = re.match(r"^[a-z]{1,10}://", v)
+        shown = f"{scheme.group(0) if scheme else ''}***@{v.rsplit('@', 1)[1]}"
+        return (
+            f"'{shown}': credentials do not go in the url; put the user in "
+            "username and the password in password_file or password_env"
+        )
+    match = _MQTT_URL.match(v)
+    if not match:
+        return f"'{redact_text(v)}' is not mqtt://host:port or mqtts://host:port"
+    if match.group(1) is not None and not 1 <= int(match.group(1)[1:]) <= 65535:
+        return f"'{redact_text(v)}': port {match.group(1)[1:]} is not in 1..65535"
+    return None
+
+
+_PASSWORD_KEYS = ("password", "password_file", "password_env")
 
 
 class MqttConfig(Strict):
@@ -70,7 +128,22 @@ class MqttConfig(Strict):
         default=30, ge=5, le=3600, title="Keepalive (s)", description="MQTT keepalive."
     )
     username: str | None = Field(default=None, title="Username", description="Optional.")
-    password: str | None = Field(default=None, title="Password", description="Optional.")
+    password: str | None = Field(
+        default=None,
+        title="Password",
+        description="Optional; prefer password_file or password_env (never both).",
+    )
+    password_file: Path | None = Field(
+        default=None,
+        title="Password file",
+        description="File holding the broker password (a trailing newline is ignored).",
+    )
+    password_env: str | None = Field(
+        default=None,
+        pattern=ENV_NAME_PATTERN,
+        title="Password variable",
+        description="Environment variable holding the broker password.",
+    )
     tls: TlsConfig | None = Field(default=None, title="TLS", description="TLS settings.")
     spool_max_mib: int = Field(
         default=64, ge=1, title="Spool size (MiB)", description="Offline store-and-forward cap."
@@ -118,7 +191,8 @@ class MqttConfig(Strict):
         gt=0,
         le=60,
         title="Reconnect delay min (s)",
-        description="First reconnect delay; it doubles (with jitter) up to reconnect_max_s.",
+        description="Backoff base: a reconnect waits uniform(0, min(reconnect_max_s, "
+        "reconnect_min_s × 2^failures)) (full jitter).",
     )
     reconnect_max_s: float = Field(
         default=30.0,
@@ -134,16 +208,36 @@ class MqttConfig(Strict):
         title="Publish timeout (s)",
         description="Longest wait for a broker acknowledgement where a publish is awaited.",
     )
+    telemetry_expiry_s: int = Field(
+        default=86400,
+        ge=0,
+        le=4294967295,
+        title="Telemetry lifetime (s)",
+        description="Metrics and events older than this (from their ts) are dropped from the "
+        "spool instead of sent; on MQTT 5 each carries the rest as its message expiry "
+        "interval. 0 = they never expire.",
+    )
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        match = _MQTT_URL.match(v)
-        if not match:
-            raise ValueError(f"'{v}' is not mqtt://host:port or mqtts://host:port")
-        if match.group(1) is not None and not 1 <= int(match.group(1)[1:]) <= 65535:
-            raise ValueError(f"'{v}': port {match.group(1)[1:]} is not in 1..65535")
+        problem = _url_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
+
+    def secret_password(self) -> str | None:
+        """The broker password: ``password``, or read now from ``password_file`` /
+        ``password_env`` (so a rotated file is picked up at the next connect); None without
+        one. Raises :class:`EdgeAgentError` naming the file or variable when it cannot."""
+        if self.password is not None:
+            return self.password
+        return read_secret(
+            file=self.password_file,
+            env=self.password_env,
+            file_key="mqtt.password_file",
+            env_key="mqtt.password_env",
+        )
 
     @model_validator(mode="after")
     def _cross(self) -> MqttConfig:
@@ -154,6 +248,11 @@ class MqttConfig(Strict):
                     f"{self.reconnect_min_s} must not exceed reconnect_max_s "
                     f"({self.reconnect_max_s})",
                 )
+            )
+        given = [k for k in _PASSWORD_KEYS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                at(given[1], f"set one of {', '.join(_PASSWORD_KEYS)}, not {' and '.join(given)}")
             )
         if self.tls is not None and not self.url.startswith("mqtts://"):
             raise ValueError(at("url", "a tls section needs an mqtts:// url; change the scheme"))

@@ -2,7 +2,9 @@
 
 :func:`validate_file` is what ``edge-agent validate-config`` reports and what the daemon refuses
 to start on; :func:`load_run_config` validates ``agent.yaml`` and resolves its paths;
-:func:`resolve_profile` picks the device profile (``auto`` detects the board).
+:func:`resolve_profile` picks the device profile (``auto`` detects the board);
+:func:`load_fleet_config` does for ``fleet.yaml`` (the controller) what ``load_run_config`` does
+for ``agent.yaml``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from agent.config.agent import AgentConfig, SourceConfig
+from agent.config.broker import MqttConfig
 from agent.config.device import DeviceProfile
+from agent.config.fleet import FleetConfig, PostgresStoreConfig, SqliteStoreConfig
 from agent.config.model import ModelBundleConfig
 from agent.config.profiles.board import read_board
 from agent.config.profiles.detect import detect
@@ -23,12 +27,16 @@ from agent.config.profiles.store import ProfileStore
 from agent.config.yaml import YamlDoc, load_model_file, read_yaml, validate_doc
 from agent.core.errors import ConfigError, ConfigIssue, EdgeAgentError
 
-Kind = Literal["agent", "profile", "model"]
+Kind = Literal["agent", "profile", "model", "fleet"]
 SCHEMAS: dict[Kind, type[BaseModel]] = {
     "agent": AgentConfig,
     "profile": DeviceProfile,
     "model": ModelBundleConfig,
+    "fleet": FleetConfig,
 }
+_FLEET_ONLY = frozenset(FleetConfig.model_fields) - frozenset(AgentConfig.model_fields)
+_AGENT_ONLY = frozenset(AgentConfig.model_fields) - frozenset(FleetConfig.model_fields)
+"""agent.yaml has ``fleet`` and ``mqtt`` too: a fleet.yaml is told apart by its own keys."""
 DEFAULT_CONFIG = "agent.default.yaml"
 """The embedded default configuration, in the package's ``data`` folder."""
 
@@ -39,8 +47,12 @@ def guess_kind(path: Path, data: Any) -> Kind:
         return "profile"
     if path.name in ("model.yaml", "model.yml"):
         return "model"
+    if path.name.startswith("fleet") and path.suffix in (".yaml", ".yml"):
+        return "fleet"
     if isinstance(data, dict):
         keys = set(data)
+        if {"fleet", "mqtt"} <= keys and keys & _FLEET_ONLY and not keys & _AGENT_ONLY:
+            return "fleet"
         if "identity" in keys or {"build", "shapes", "runtime"} & keys:
             return "profile"
         if "task" in keys:
@@ -73,6 +85,36 @@ def _profile_reference(doc: YamlDoc, cfg: AgentConfig) -> list[ConfigIssue]:
     return issues
 
 
+def _missing_file(
+    doc: YamlDoc, loc: tuple[str, ...], value: Path | None, base: Path
+) -> list[ConfigIssue]:
+    if value is None:
+        return []
+    full = value if value.is_absolute() else base / value
+    if full.is_file():
+        return []
+    message = f"file '{full}' does not exist; fix the path or remove the key"
+    return [ConfigIssue(doc.path, doc.line_of(loc), ".".join(loc), message)]
+
+
+def _tls_references(doc: YamlDoc, mqtt: MqttConfig, base: Path) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    if mqtt.tls is not None:
+        for field in ("ca_file", "cert_file", "key_file"):
+            value: Path | None = getattr(mqtt.tls, field)
+            issues.extend(_missing_file(doc, ("mqtt", "tls", field), value, base))
+    return issues
+
+
+def _fleet_references(doc: YamlDoc, cfg: FleetConfig, base: Path) -> list[ConfigIssue]:
+    """TLS files, the API token file and the PostgreSQL DSN file exist."""
+    issues = _tls_references(doc, cfg.mqtt, base)
+    issues.extend(_missing_file(doc, ("api", "token_file"), cfg.api.token_file, base))
+    if isinstance(cfg.store, PostgresStoreConfig):
+        issues.extend(_missing_file(doc, ("store", "dsn_file"), cfg.store.dsn_file, base))
+    return issues
+
+
 def _file_references(doc: YamlDoc, cfg: AgentConfig, base: Path) -> list[ConfigIssue]:
     """Model bundles and TLS files exist (relative paths are relative to the file)."""
     issues: list[ConfigIssue] = []
@@ -90,21 +132,7 @@ def _file_references(doc: YamlDoc, cfg: AgentConfig, base: Path) -> list[ConfigI
                     "model.yaml and the ONNX file",
                 )
             )
-    if cfg.mqtt.tls is not None:
-        for field in ("ca_file", "cert_file", "key_file"):
-            value: Path | None = getattr(cfg.mqtt.tls, field)
-            if value is None:
-                continue
-            full = value if value.is_absolute() else base / value
-            if not full.is_file():
-                issues.append(
-                    ConfigIssue(
-                        doc.path,
-                        doc.line_of(("mqtt", "tls", field)),
-                        f"mqtt.tls.{field}",
-                        f"file '{full}' does not exist; fix the path or remove the key",
-                    )
-                )
+    issues.extend(_tls_references(doc, cfg.mqtt, base))
     return issues
 
 
@@ -133,6 +161,8 @@ def validate_file(path: Path, kind: Kind | None = None) -> tuple[Kind | None, li
     if isinstance(model, AgentConfig):
         issues.extend(_profile_reference(doc, model))
         issues.extend(_file_references(doc, model, path.parent))
+    if isinstance(model, FleetConfig):
+        issues.extend(_fleet_references(doc, model, path.parent))
     return chosen, issues
 
 
@@ -174,6 +204,42 @@ def load_run_config(path: Path) -> AgentConfig:
             "sources": sources,
             "state_dir": _resolve(cfg.state_dir, base),
             "cache_dir": _resolve(cfg.cache_dir, base),
+        }
+    )
+
+
+def load_fleet_config(path: Path) -> FleetConfig:
+    """Validate ``fleet.yaml`` (located errors, referenced files checked) and resolve its paths
+    relative to the file's directory."""
+    _kind, issues = validate_file(path, "fleet")
+    if issues:
+        raise ConfigError(issues)
+    cfg = load_model_file(path, FleetConfig)
+    base = path.parent.resolve()
+    store = cfg.store
+    if isinstance(store, SqliteStoreConfig):
+        store = store.model_copy(update={"path": _resolve(store.path, base)})
+    elif store.dsn_file is not None:
+        store = store.model_copy(update={"dsn_file": _resolve(store.dsn_file, base)})
+    api = cfg.api
+    if api.token_file is not None:
+        api = api.model_copy(update={"token_file": _resolve(api.token_file, base)})
+    mqtt = cfg.mqtt
+    if mqtt.tls is not None:
+        tls = mqtt.tls.model_copy(
+            update={
+                f: _resolve(v, base)
+                for f in ("ca_file", "cert_file", "key_file")
+                if (v := getattr(mqtt.tls, f)) is not None
+            }
+        )
+        mqtt = mqtt.model_copy(update={"tls": tls})
+    return cfg.model_copy(
+        update={
+            "store": store,
+            "api": api,
+            "mqtt": mqtt,
+            "state_dir": _resolve(cfg.state_dir, base),
         }
     )
 

@@ -6,6 +6,12 @@
   (``--serve``), or inline MQTT chunks.
 * :func:`sign_and_publish` hashes and signs the manifest, writes the envelope (``--out``) and
   publishes it at QoS 1 (plus the inline chunks), returning a :class:`PushResult`.
+
+With ``retain`` the manifest stays on the broker (``edge/<fleet>/<device>/ota``), so a device
+that is offline now takes it when it connects, until the manifest expires. A device ignores a
+manifest that is not newer than what it runs, so a retained push already applied is harmless;
+to clear it, publish an empty retained message to the same topic (``mosquitto_pub -r -n -t
+TOPIC``).
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.comms.mqtt import publish_once
 from agent.config.broker import MqttConfig
-from agent.core.errors import OtaError
 from agent.core.fsutil import atomic_write_json
 from agent.engine.bundle import ModelBundle, load_bundle
 from agent.fleet.push import (
+    PushUsageError,
     bundle_files,
     chunk_messages,
     golden_files,
@@ -86,6 +92,15 @@ class PushRequest:
     max_inline_mib: int = 16
     mqtt_url: str | None = None
     out: Path | None = None
+    mqtt: MqttConfig | None = None
+    """The broker (wins over ``mqtt_url``, which is a plain URL without credentials)."""
+    retain: bool = False
+
+    def broker(self) -> MqttConfig | None:
+        """The broker to publish to, or None (``--out`` only)."""
+        if self.mqtt is not None:
+            return self.mqtt
+        return MqttConfig(enabled=True, url=self.mqtt_url) if self.mqtt_url else None
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,12 @@ class PushResult:
     envelope: dict[str, Any]
     topic: str
     published: int
+    retained: bool = False
+
+    @property
+    def sha256(self) -> str:
+        """The manifest's hash, as devices report it in their OTA record."""
+        return manifest_sha256(self.envelope["manifest"])
 
     def summary(self, out: str | None) -> dict[str, Any]:
         """What ``edge-agent push`` prints when it published or wrote the envelope."""
@@ -116,13 +137,14 @@ class PushResult:
             "model": manifest.name,
             "version": manifest.version,
             "topic": self.topic,
-            "manifest_sha256": manifest_sha256(self.envelope["manifest"]),
+            "manifest_sha256": self.sha256,
             "files": len(manifest.files),
             "bytes": manifest.total_size,
             "payload": payload.kind,
             "base_url": payload.base_url,
             "expires": manifest.expires,
             "published_messages": self.published,
+            "retained": self.retained,
             "out": out,
         }
 
@@ -132,9 +154,8 @@ def _with_golden(bundle: ModelBundle, files: dict[str, Path], request: GoldenReq
     extra, cases = golden_files(request.directory)
     clash = sorted(set(extra) & set(files))
     if clash:
-        raise OtaError(
+        raise PushUsageError(
             f"golden files clash with bundle files {clash}",
-            reason="usage",
             fix="remove the bundle's own golden/ folder or rename the golden files",
         )
     files.update(extra)
@@ -149,17 +170,22 @@ def _with_golden(bundle: ModelBundle, files: dict[str, Path], request: GoldenReq
 
 def _check_request(request: PushRequest, total_size: int) -> None:
     if request.source == "inline" and total_size > request.max_inline_mib * _MIB:
-        raise OtaError(
+        raise PushUsageError(
             f"bundle is {total_size / _MIB:.1f} MiB, above --max-inline-mib "
             f"{request.max_inline_mib}",
-            reason="usage",
             fix="serve it with --url or --serve instead of --inline",
         )
-    if request.source == "serve" and not request.mqtt_url and request.out is None:
-        raise OtaError(
+    broker = request.broker()
+    if request.source == "serve" and broker is None and request.out is None:
+        raise PushUsageError(
             "--serve needs --mqtt-url (or --out) so that devices learn about the push",
-            reason="usage",
             fix="add --mqtt-url mqtt://broker:1883 or --out manifest.json",
+        )
+    if request.retain and (broker is None or request.source == "inline"):
+        raise PushUsageError(
+            "--retain keeps a manifest fetched by URL on the broker; it needs --mqtt-url and "
+            "cannot be used with --inline (only the last chunk would be kept)",
+            fix="use --url or --serve with --mqtt-url, or drop --retain",
         )
 
 
@@ -189,10 +215,15 @@ def start_payload(request: PushRequest, plan: PushPlan) -> tuple[Payload, Bundle
 
 
 def _publish(
-    mqtt_url: str, plan: PushPlan, manifest: Manifest, envelope: dict[str, Any], data: bytes
+    mqtt: MqttConfig,
+    plan: PushPlan,
+    manifest: Manifest,
+    envelope: dict[str, Any],
+    data: bytes,
+    *,
+    retain: bool,
 ) -> int:
-    mqtt = MqttConfig(enabled=True, url=mqtt_url)
-    publish_once(mqtt, plan.topic, data, qos=1)
+    publish_once(mqtt, plan.topic, data, qos=1, retain=retain)
     published = 1
     if manifest.payload.kind == "inline":
         for chunk in chunk_messages(manifest, envelope["manifest"], plan.files):
@@ -220,6 +251,7 @@ def sign_and_publish(request: PushRequest, plan: PushPlan, payload: Payload) -> 
     if request.out is not None:
         atomic_write_json(request.out, envelope)
     published = 0
-    if request.mqtt_url:
-        published = _publish(request.mqtt_url, plan, manifest, envelope, data)
-    return PushResult(manifest, envelope, plan.topic, published)
+    broker = request.broker()
+    if broker is not None:
+        published = _publish(broker, plan, manifest, envelope, data, retain=request.retain)
+    return PushResult(manifest, envelope, plan.topic, published, request.retain and published > 0)

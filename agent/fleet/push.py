@@ -38,6 +38,7 @@ from agent.ota.manifest import (
 )
 
 __all__ = [
+    "PushUsageError",
     "bundle_files",
     "chunk_messages",
     "golden_files",
@@ -51,12 +52,20 @@ log = logging.getLogger(__name__)
 _SKIP_DIRS = {"__pycache__", ".git"}
 
 
+class PushUsageError(OtaError):
+    """The push as asked cannot work (exit 2): a bad target, duration or combination."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, fix: str | None = None, path: Path | None = None):
+        super().__init__(message, reason="usage", fix=fix, path=path)
+
+
 def ota_topic(fleet: str, *, device: str | None = None, group: str | None = None) -> str:
     """``edge/<fleet>/<device>/ota`` or ``edge/<fleet>/group/<group>/ota``."""
     if (device is None) == (group is None):
-        raise OtaError(
+        raise PushUsageError(
             "a push targets exactly one of a device and a group",
-            reason="usage",
             fix="pass --device ID or --group NAME",
         )
     try:
@@ -65,8 +74,8 @@ def ota_topic(fleet: str, *, device: str | None = None, group: str | None = None
         elif not re.fullmatch(NAME_PATTERN, str(group)):
             raise ValueError(f"{group!r} is not a group name (no '+', '#', '/' or leading '$')")
     except ValueError as exc:
-        raise OtaError(
-            str(exc), reason="usage", fix="pass the name exactly as the device's agent.yaml has it"
+        raise PushUsageError(
+            str(exc), fix="pass the name exactly as the device's agent.yaml has it"
         ) from exc
     return device_ota_topic(fleet, device) if device else group_ota_topic(fleet, str(group))
 
@@ -75,9 +84,8 @@ def parse_duration(text: str) -> int:
     """``"24h"``, ``"30m"``, ``"7d"``, ``"90s"`` or plain seconds → seconds."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
     if not match or int(match.group(1)) <= 0:
-        raise OtaError(
+        raise PushUsageError(
             f"{text!r} is not a duration",
-            reason="usage",
             fix="write a positive number with s, m, h or d, e.g. 24h",
         )
     scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
@@ -88,9 +96,8 @@ def bundle_files(bundle_dir: Path) -> dict[str, Path]:
     """Relative POSIX path → file for every file of the bundle (sorted)."""
     root = Path(bundle_dir).resolve()
     if not (root / "model.yaml").is_file():
-        raise OtaError(
+        raise PushUsageError(
             "not a model bundle (no model.yaml)",
-            reason="usage",
             fix="pass the bundle directory holding model.yaml, the ONNX file and labels",
             path=bundle_dir,
         )
@@ -126,9 +133,8 @@ def golden_files(golden_dir: Path) -> tuple[dict[str, Path], list[GoldenCase]]:
         stem = inp.name[: -len(".input.npy")]
         expected = inp.with_name(f"{stem}.expected.npy")
         if not expected.is_file():
-            raise OtaError(
+            raise PushUsageError(
                 f"golden input {inp.name} has no {expected.name}",
-                reason="usage",
                 fix="put NAME.input.npy and NAME.expected.npy pairs in the golden directory",
                 path=golden_dir,
             )
@@ -136,9 +142,8 @@ def golden_files(golden_dir: Path) -> tuple[dict[str, Path], list[GoldenCase]]:
         files[f"golden/{expected.name}"] = expected
         cases.append(GoldenCase(input=f"golden/{inp.name}", expected=f"golden/{expected.name}"))
     if not cases:
-        raise OtaError(
+        raise PushUsageError(
             "no NAME.input.npy files in the golden directory",
-            reason="usage",
             fix="save golden inputs with numpy.save as NAME.input.npy and outputs as "
             "NAME.expected.npy",
             path=golden_dir,
@@ -185,7 +190,7 @@ def chunk_messages(
     """The inline chunk messages of a push, file by file, in order."""
     size = manifest.payload.chunk_size
     if manifest.payload.kind != "inline" or size is None:
-        raise OtaError("not an inline manifest", reason="usage", fix="use --inline")
+        raise PushUsageError("not an inline manifest", fix="use --inline")
     sha = manifest_sha256(raw_manifest)
     for entry in manifest.files:
         count = manifest.payload.chunk_count(entry.size)

@@ -1,19 +1,60 @@
 """Typed records of OTA: an update (:class:`UpdateRecord`, journalled and published retained),
-what a build returns (:class:`BuildResult`), a look at the serving model
-(:class:`ProbationSample`) and a rollback target (:class:`RollbackTarget`).
+what a build returns (:class:`BuildResult`, with the gate's verdict :class:`GateVerdict`), a
+look at the serving model (:class:`ProbationSample`) and a rollback target
+(:class:`RollbackTarget`).
 
 ``to_json`` / ``from_json`` are the wire forms: the journal file (``state_dir/ota/journal.json``)
-and the retained ``model`` record of docs/telemetry.md. They must not change.
+and the retained ``model`` record of docs/telemetry.md. They must not change (new optional
+fields only, such as ``artifact.gate``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from agent.core.errors import InternalError
 from agent.ota.states import UpdateState
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The validation gate on the chosen precision: its agreement ``metric`` and ``value``,
+    whether it ``passed``, and ``task_drop`` = the float reference's task metric minus the
+    engine's (> 0 = worse; None without held-out labels). On the wire as ``artifact.gate``."""
+
+    passed: bool
+    metric: str
+    value: float
+    task_drop: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        drop = None if self.task_drop is None else round(self.task_drop, 6)
+        return {
+            "passed": self.passed,
+            "task_drop": drop,
+            "metric": self.metric,
+            "value": round(self.value, 6),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> GateVerdict | None:
+        """The verdict of a ``gate`` object; None when it is not one (tolerant reader)."""
+        if not isinstance(data, dict):
+            return None
+        doc = cast(dict[str, Any], data)
+        passed, metric, value = doc.get("passed"), doc.get("metric"), _finite(doc.get("value"))
+        if not isinstance(passed, bool) or not isinstance(metric, str) or value is None:
+            return None
+        return cls(passed, metric, value, _finite(doc.get("task_drop")))
 
 
 @dataclass(frozen=True)
@@ -27,15 +68,33 @@ class BuildResult:
     precision: str = ""
     cache_hit: bool = False
     details: dict[str, Any] = field(default_factory=dict[str, Any])
+    #: the gate's verdict on the chosen precision (None: not known, e.g. an older cache entry)
+    gate: GateVerdict | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "artifact_dir": str(self.artifact_dir),
             "engine_sha256": self.engine_sha256,
             "validated_fps": self.validated_fps,
             "precision": self.precision,
             "cache_hit": self.cache_hit,
         }
+        if self.gate is not None:
+            out["gate"] = self.gate.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BuildResult:
+        """The inverse of :meth:`to_json`; ``gate`` and the optional fields may be missing or
+        unreadable (then None / defaults). KeyError without ``artifact_dir``/``engine_sha256``."""
+        return cls(
+            artifact_dir=Path(str(data["artifact_dir"])),
+            engine_sha256=str(data["engine_sha256"]),
+            validated_fps=_finite(data.get("validated_fps")),
+            precision=str(data.get("precision") or ""),
+            cache_hit=data.get("cache_hit") is True,
+            gate=GateVerdict.from_json(data.get("gate")),
+        )
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def test_push_inline_over_mqtt_into_updater(tmp_path: Path, broker: Broker) -> N
         res = run_cli(
             "push", str(bundle), "--key", str(priv), "--version", "2", "--inline",
             "--chunk-kib", "16", "--device", DEVICE, "--fleet", FLEET,
-            "--mqtt-url", broker.url,
+            "--mqtt-url", broker.url, "--allow-unknown", "--wait", "0",
         )  # fmt: skip
         assert res.returncode == 0, res.stderr
         sent = json.loads(res.stdout)["published_messages"]

@@ -135,7 +135,8 @@ def test_topics_and_config() -> None:
 
 @pytest.mark.timeout(30)
 def test_reconnect_backs_off_exponentially(tmp_path: Path) -> None:
-    """A listener that drops every connection: attempts get further apart, capped at max."""
+    """A listener that drops every connection: every failed attempt doubles the full-jitter
+    bound (capped at max) and paho waits the delay drawn from it."""
     import socket
     import threading
 
@@ -162,17 +163,24 @@ def test_reconnect_backs_off_exponentially(tmp_path: Path) -> None:
     svc = CommsService(cfg, fleet="f", device_id="d", state_dir=tmp_path)
     svc.start()
     try:
-        time.sleep(5.0)
+        time.sleep(3.0)
         assert not svc.status().connected
+        assert svc.client is not None
+        draws = list(svc.client.backoff.history)
+        seen = list(attempts)
     finally:
         svc.close(timeout_s=1)
         stop.set()
         thread.join(2)
         listener.close()
-    gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    assert 4 <= len(attempts) <= 10, gaps  # constant 0.2 s retries would make ~25
-    assert gaps[1] > gaps[0] * 1.5 and gaps[2] > gaps[1] * 1.5, gaps
-    assert max(gaps) < 1.6, gaps
+    assert len(seen) >= 2 and draws, seen
+    assert [d.failures for d in draws] == list(range(1, len(draws) + 1))  # no session: all fail
+    for draw in draws:
+        assert draw.bound_s == pytest.approx(min(1.0, 0.2 * 2**draw.failures))
+        assert 0.0 <= draw.delay_s <= draw.bound_s
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
+    for gap, draw in zip(gaps, draws, strict=False):
+        assert gap >= draw.delay_s - 0.02, (gaps, draws)
 
 
 def test_broker_port_out_of_range_is_a_config_error() -> None:

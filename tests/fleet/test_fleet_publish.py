@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config.broker import MqttConfig
 from agent.core.errors import OtaError
 from agent.fleet.keygen import generate_keypair
 from agent.fleet.publish import (
@@ -18,7 +19,7 @@ from agent.fleet.publish import (
     sign_and_publish,
     start_payload,
 )
-from agent.fleet.push import ota_topic, parse_duration
+from agent.fleet.push import PushUsageError, ota_topic, parse_duration
 from agent.fleet.server import BundleServer
 from agent.ota.store import VersionStore
 from agent.ota.trust import TrustStore
@@ -80,6 +81,13 @@ def test_usage_errors_come_before_anything_is_served(tmp_path: Path) -> None:
         plan_push(_request(tmp_path, source="inline", max_inline_mib=0))
     with pytest.raises(OtaError, match="--serve needs --mqtt-url"):
         plan_push(_request(tmp_path, source="serve"))
+    with pytest.raises(PushUsageError, match="--retain") as retain:
+        plan_push(_request(tmp_path, retain=True, out=tmp_path / "m.json"))
+    assert retain.value.exit_code == 2
+    broker = MqttConfig(enabled=True, url="mqtt://127.0.0.1:1883")
+    with pytest.raises(PushUsageError, match="only the last chunk"):
+        plan_push(_request(tmp_path, retain=True, source="inline", mqtt=broker))
+    assert _request(tmp_path, mqtt=broker, mqtt_url="mqtt://other:1").broker() is broker
 
 
 def test_serve_payload_serves_only_the_push(tmp_path: Path) -> None:
