@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or refresh) the local virtual environment .venv and install Edge Agent into it.
 #   scripts/setup.sh          runtime only
-#   scripts/setup.sh dev      plus test tools (pytest, ruff, pyright, hypothesis, tensorrt-stubs)
+#   scripts/setup.sh dev      plus test tools (pytest, ruff, pyright, hypothesis, tensorrt-stubs,
+#                             playwright: it drives the system's Chromium, never downloads one)
 #                             and the fleet extra (psycopg, for the PostgreSQL fleet store)
 # Idempotent: re-running only installs what changed.
 set -euo pipefail

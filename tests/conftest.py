@@ -5,6 +5,9 @@
   profile) into a session cache; tests read it and copy it before changing anything.
 * ``broker`` — a fresh Mosquitto on loopback per test (skips where mosquitto is not installed).
 * ``board_root`` / ``sysfs_root`` — a writable copy of a board fixture tree under ``tmp_path``.
+
+Option ``--screenshots DIR``: the browser tests save their screenshots there (else under their
+``tmp_path``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ from tests.assets import BOARDS, DET_BUNDLE, DET_CALIB, PROFILES_DIR, SYSFS
 from tests.helpers.broker import Broker, mosquitto_binary
 
 CopyRoot = Callable[[str], Path]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="save the dashboard browser tests' screenshots in DIR (default: their tmp_path)",
+    )
 
 
 @pytest.fixture(scope="session")

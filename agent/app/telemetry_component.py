@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.app.events import EventBus
+from agent.app.metrics import ota_figures
 from agent.comms.prometheus import PrometheusExporter
 from agent.comms.service import CommsService
 from agent.config.device import DeviceProfile
@@ -74,6 +75,7 @@ class TelemetryComponent:
         self._next: float | None = None
         self._published = 0
         self._errors = 0
+        self._ota: dict[str, Any] | None = None
 
     def start(self) -> None:
         if self.service is not None:
@@ -100,6 +102,7 @@ class TelemetryComponent:
             log.warning("event not published: %s", exc, extra=log_fields(event="telemetry"))
 
     def set_model_state(self, record: dict[str, Any]) -> None:
+        self._ota = ota_figures(record)
         if self.service is not None:
             self.service.set_model_state(record)
 
@@ -120,7 +123,12 @@ class TelemetryComponent:
         body = self.metrics()
         if self.service is not None:
             st = self.service.status()
-            body["comms"] = {"spooled": st.spooled, "dropped": st.dropped, "sent": st.sent}
+            body["comms"] = {
+                "spooled": st.spooled, "dropped": st.dropped, "sent": st.sent,
+                "expired": st.expired,
+            }  # fmt: skip
+        if self._ota is not None:
+            body["ota"] = dict(self._ota)
         if self.exporter is not None:
             self.exporter.update(body)
         if self.service is not None:

@@ -11,13 +11,23 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    StrictBool,
+    ValidationError,
+)
 
 from agent.core.errors import CommsError
 from agent.core.jsonlimits import sanitize_text
 
 SCHEMA_STATE = "edge-agent/state/1"
-SCHEMA_METRICS = "edge-agent/metrics/1"
+SCHEMA_METRICS = "edge-agent/metrics/2"
+SCHEMA_METRICS_V1 = "edge-agent/metrics/1"
+"""The previous metrics major: its fields are all kept (deprecated) in ``metrics/2``."""
+METRICS_SCHEMAS = (SCHEMA_METRICS, SCHEMA_METRICS_V1)
 SCHEMA_EVENT = "edge-agent/event/1"
 SCHEMA_DETECTIONS = "edge-agent/detections/1"
 SCHEMA_MODEL = "edge-agent/model/1"
@@ -28,7 +38,13 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+Quantile = Literal["0.5", "0.9", "0.99"]
+"""A percentile as Prometheus writes it (``quantile="0.5"``), the key of the ``*_seconds`` maps."""
+
+
 class LatencyMs(_Payload):
+    """Deprecated (``metrics/1``): use the ``latency_seconds`` map."""
+
     p50: float | None = Field(default=None, ge=0, description="Median latency, ms.")
     p90: float | None = Field(default=None, ge=0, description="90th percentile, ms.")
     p99: float | None = Field(default=None, ge=0, description="99th percentile, ms.")
@@ -37,15 +53,28 @@ class LatencyMs(_Payload):
 class SourceMetrics(_Payload):
     state: str = Field(description="Source state machine state (e.g. running, stalled).")
     fps: float = Field(default=0.0, ge=0, description="Frames served per second.")
-    latency_ms: LatencyMs = Field(default_factory=LatencyMs, description="End-to-end latency.")
+    latency_ms: LatencyMs = Field(
+        default_factory=LatencyMs, description="Deprecated: end-to-end latency, ms."
+    )
+    latency_seconds: dict[Quantile, NonNegativeFloat] | None = Field(
+        default=None, description="End-to-end latency percentiles, s, by quantile."
+    )
     drops: int = Field(default=0, ge=0, description="Frames dropped since start (counter).")
     frames: int = Field(default=0, ge=0, description="Frames served since start (counter).")
 
 
 class MemoryMetrics(_Payload):
-    used_mib: float = Field(ge=0, description="Used memory, MiB (shared CPU/GPU on Jetson).")
-    total_mib: float = Field(ge=0, description="Total memory, MiB.")
-    used_pct: float | None = Field(default=None, ge=0, le=100, description="Used, percent.")
+    used_mib: float | None = Field(default=None, ge=0, description="Deprecated: used, MiB.")
+    total_mib: float | None = Field(default=None, ge=0, description="Deprecated: total, MiB.")
+    used_pct: float | None = Field(default=None, ge=0, le=100, description="Deprecated: used, %.")
+    used_bytes: int | None = Field(default=None, ge=0, description="Used memory, bytes.")
+    total_bytes: int | None = Field(default=None, ge=0, description="Total memory, bytes.")
+    used_ratio: float | None = Field(default=None, ge=0, le=1, description="Used share, 0-1.")
+
+
+class SwapMetrics(_Payload):
+    used_bytes: int = Field(ge=0, description="Used swap, bytes.")
+    total_bytes: int = Field(ge=0, description="Total swap, bytes (0: no swap).")
 
 
 class ModelInfo(_Payload):
@@ -59,6 +88,9 @@ class CommsInfo(_Payload):
     spooled: int = Field(ge=0, description="Messages in the spool, not yet acknowledged.")
     dropped: int = Field(ge=0, description="Messages dropped because the spool was full.")
     sent: int = Field(ge=0, description="Spooled messages acknowledged since start.")
+    expired: int | None = Field(
+        default=None, ge=0, description="Spooled messages dropped as too old since start."
+    )
 
 
 class GovernorInfo(_Payload):
@@ -68,25 +100,57 @@ class GovernorInfo(_Payload):
     builds_allowed: bool | None = Field(default=None, description="Engine builds admitted.")
 
 
-class MetricsBody(_Payload):
-    """What the daemon passes to ``publish_metrics`` (all optional but ``sources``)."""
+class OtaInfo(_Payload):
+    state: str = Field(description="The last OTA record's state (received ... active, failed).")
+    op: str | None = Field(default=None, description="update | rollback | resume.")
+    model: str | None = Field(default=None, description="Model of the update.")
+    version: int | None = Field(default=None, ge=0, description="Version being installed.")
+    reason: str | None = Field(default=None, description="Cause of a failed/rejected state.")
 
-    uptime_s: float | None = Field(default=None, ge=0, description="Agent uptime, s.")
+
+class MetricsBody(_Payload):
+    """What the daemon passes to ``publish_metrics`` (all optional; ``metrics/2``). The
+    ``metrics/1`` fields (``*_s``, ``*_ms``, ``*_mib``, ``*_pct``, ``power_w``, ``fps_per_w``,
+    ``temperatures_c``) are kept for one major, deprecated, beside their base-unit twins."""
+
+    uptime_s: float | None = Field(default=None, ge=0, description="Deprecated: uptime, s.")
+    uptime_seconds: float | None = Field(default=None, ge=0, description="Agent uptime, s.")
     sources: dict[str, SourceMetrics] = Field(default_factory=dict, description="Per source.")
     stages_ms: dict[str, float] = Field(
-        default_factory=dict, description="Median (p50) time per pipeline stage, ms."
+        default_factory=dict, description="Deprecated: median time per pipeline stage, ms."
     )
-    power_w: float | None = Field(default=None, ge=0, description="Board input power, W.")
-    temperatures_c: dict[str, float] = Field(default_factory=dict, description="Thermal zones, °C.")
+    stage_seconds: dict[str, dict[Quantile, NonNegativeFloat]] | None = Field(
+        default=None, description="Time per pipeline stage, s, by quantile."
+    )
+    power_w: float | None = Field(default=None, ge=0, description="Deprecated: board power, W.")
+    power_watts: float | None = Field(default=None, ge=0, description="Board input power, W.")
+    power_rail_watts: dict[str, NonNegativeFloat] | None = Field(
+        default=None, description="Power per rail, W."
+    )
+    temperatures_c: dict[str, float] = Field(
+        default_factory=dict, description="Deprecated: thermal zones, °C."
+    )
+    temperature_celsius: dict[str, float] | None = Field(
+        default=None, description="Thermal zones, °C."
+    )
     memory: MemoryMetrics | None = Field(default=None, description="Memory use.")
-    gpu_load_pct: float | None = Field(default=None, ge=0, le=100, description="GPU load, %.")
-    fps_per_w: float | None = Field(default=None, ge=0, description="Total fps / power_w.")
+    swap: SwapMetrics | None = Field(default=None, description="Swap use.")
+    gpu_load_pct: float | None = Field(default=None, ge=0, le=100, description="Deprecated: %.")
+    gpu_load_ratio: float | None = Field(default=None, ge=0, le=1, description="GPU load, 0-1.")
+    cpu_load_ratio: float | None = Field(default=None, ge=0, le=1, description="CPU load, 0-1.")
+    fps_per_w: float | None = Field(default=None, ge=0, description="Deprecated: fps / W.")
+    fps_per_watt: float | None = Field(default=None, ge=0, description="Total fps / power.")
+    throttled: dict[str, StrictBool] | None = Field(
+        default=None, description="Throttle reasons and whether each is active."
+    )
+    power_mode: str | None = Field(default=None, description="nvpmodel power mode name.")
     model: ModelInfo | None = Field(default=None, description="Serving model (the first).")
     models: dict[str, ModelInfo] = Field(
         default_factory=dict, description="Every served model, by name."
     )
     governor: GovernorInfo | None = Field(default=None, description="Governor state.")
     comms: CommsInfo | None = Field(default=None, description="Store-and-forward counters.")
+    ota: OtaInfo | None = Field(default=None, description="The last OTA record's state.")
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
@@ -153,13 +217,22 @@ def validate_metrics(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def metrics_payload(
-    body: dict[str, Any], *, device: str, boot: int, seq: int, ts: float, validate: bool = True
+    body: dict[str, Any],
+    *,
+    device: str,
+    boot: int,
+    seq: int,
+    ts: float,
+    validate: bool = True,
+    schema: str = SCHEMA_METRICS,
 ) -> bytes:
-    """``.../metrics``: the daemon's figures plus schema, device, boot, seq, ts."""
+    """``.../metrics``: the daemon's figures plus schema, device, boot, seq, ts. ``schema`` is
+    one of :data:`METRICS_SCHEMAS` (``SCHEMA_METRICS_V1`` for a sender of ``metrics/1`` fields
+    only, like an old agent)."""
+    if schema not in METRICS_SCHEMAS:
+        raise CommsError(f"unknown metrics schema {schema!r}", fix=f"use one of {METRICS_SCHEMAS}")
     doc = validate_metrics(body) if validate else body
-    return _dump(
-        {"schema": SCHEMA_METRICS, "device": device, "boot": boot, "seq": seq, "ts": ts, **doc}
-    )
+    return _dump({"schema": schema, "device": device, "boot": boot, "seq": seq, "ts": ts, **doc})
 
 
 def event_payload(

@@ -20,10 +20,13 @@ __all__ = [
     "ApiConfig",
     "BundleServerConfig",
     "FleetConfig",
+    "FleetMetricsConfig",
+    "HistoryConfig",
     "PostgresStoreConfig",
     "RolloutDefaults",
     "SqliteStoreConfig",
     "StoreConfig",
+    "StreamConfig",
 ]
 
 
@@ -130,6 +133,46 @@ class RolloutDefaults(Strict):
     )
 
 
+class HistoryConfig(Strict):
+    resolution_s: float = Field(
+        default=10.0,
+        ge=0.05,
+        le=3600,
+        title="Resolution (s)",
+        description="One metrics point kept per device per this many seconds (the first of "
+        "each slot).",
+    )
+    retention_h: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 90,
+        title="Retention (h)",
+        description="Metrics points older than this are deleted (the last 200 events and 50 "
+        "OTA updates per device are kept regardless).",
+    )
+
+
+class FleetMetricsConfig(Strict):
+    max_devices: int = Field(
+        default=5000,
+        ge=0,
+        le=1_000_000,
+        title="Max devices",
+        description="At most this many devices (by id) get per-device series at /metrics; "
+        "the fleet-wide counts cover every device.",
+    )
+
+
+class StreamConfig(Strict):
+    max_clients: int = Field(
+        default=32,
+        ge=1,
+        le=256,
+        title="Max clients",
+        description="Dashboards connected to /api/stream at once; more get 503.",
+    )
+
+
 class FleetConfig(Strict):
     """The controller's config file (``fleet.yaml``)."""
 
@@ -152,6 +195,21 @@ class FleetConfig(Strict):
         default_factory=RolloutDefaults,
         title="Rollout defaults",
         description="Timeouts and manifest lifetime of rollouts.",
+    )
+    history: HistoryConfig = Field(
+        default_factory=HistoryConfig,
+        title="History",
+        description="Per-device metrics history, events and OTA updates kept in the store.",
+    )
+    metrics: FleetMetricsConfig = Field(
+        default_factory=FleetMetricsConfig,
+        title="Prometheus",
+        description="The fleet series at the API's /metrics.",
+    )
+    stream: StreamConfig = Field(
+        default_factory=StreamConfig,
+        title="Live stream",
+        description="The dashboard's server-sent events (/api/stream).",
     )
     state_dir: Path = Field(
         default=Path("fleet-state"),

@@ -96,16 +96,19 @@ def test_metrics_body_and_stats_line_from_typed_stats() -> None:
     body = metrics_body(12.0, {"det": _stats()}, {"det": info}, None)
     assert body == {
         "uptime_s": 12.0,
+        "uptime_seconds": 12.0,
         "sources": {
             "cam": {
                 "state": "streaming",
                 "fps": 12.5,
                 "latency_ms": {"p50": 9.0, "p99": 15.0},
+                "latency_seconds": {"0.5": 0.009, "0.99": 0.015},
                 "drops": 3,
                 "frames": 40,
             }
         },
         "stages_ms": {"infer": 4.0},
+        "stage_seconds": {"infer": {"0.5": 0.004, "0.99": 0.006}},
         "models": {"det": info},
         "model": info,
     }

@@ -332,7 +332,9 @@ def test_cli_mqtt_url_on_the_default_config(tmp_path: Path, cache: Path, profile
     assert set(src["latency_ms"]) >= {"p50", "p99"} and src["latency_ms"]["p50"] > 0
     assert set(metrics["stages_ms"]) >= {"preprocess", "infer", "postprocess"}
     assert all(v >= 0 for v in metrics["stages_ms"].values())
-    assert metrics["schema"] == "edge-agent/metrics/1" and metrics["device"] == "demo-cpu"
+    assert metrics["schema"] == "edge-agent/metrics/2" and metrics["device"] == "demo-cpu"
+    assert src["latency_seconds"]["0.5"] == pytest.approx(src["latency_ms"]["p50"] / 1000)
+    assert metrics["uptime_seconds"] == metrics["uptime_s"]  # metrics/1 fields kept, deprecated
     assert 0 < metrics["uptime_s"] < 120 and metrics["boot"] == 1
     model = metrics["model"]
     assert model["name"] == "shapes-det" and model["version"] >= 1
@@ -439,14 +441,20 @@ def test_prometheus_serves_the_daemons_figures(env: Env) -> None:
     fps = re.search(r'^edge_agent_source_fps\{source="synth"\} ([0-9.e+-]+)$', text, re.M)
     assert fps and float(fps.group(1)) > 0, text[:2000]
     assert 'edge_agent_source_state{source="synth",state="streaming"} 1.0' in text
-    assert re.search(r'^edge_agent_stage_ms\{stage="infer"\} [0-9.e+-]+$', text, re.M)
+    assert re.search(
+        r'^edge_agent_stage_seconds\{quantile="0.5",stage="infer"\} [0-9.e+-]+$', text, re.M
+    )
+    assert re.search(r'^edge_agent_source_frames_total\{source="synth"\} [0-9.e+-]+$', text, re.M)
+    assert "# TYPE edge_agent_source_frames_total counter" in text
     up = re.search(r"^edge_agent_uptime_seconds ([0-9.e+-]+)$", text, re.M)
     assert up and float(up.group(1)) > 0
     engine = metrics["model"]["engine_hash"]
     assert f'engine_hash="{engine}"' in text and 'model="shapes-det"' in text
     # with the monitor on (host readings): memory and governor figures in both
     assert metrics["memory"]["total_mib"] > 0 and metrics["governor"]["state"]
-    assert re.search(r"^edge_agent_memory_total_mib [0-9.e+-]+$", text, re.M)
+    total = re.search(r"^edge_agent_memory_total_bytes ([0-9.e+-]+)$", text, re.M)
+    assert total and float(total.group(1)) == metrics["memory"]["total_bytes"]
+    assert "edge_agent_mqtt_sent_total" in text  # the spool counters
     assert "edge_agent_governor_workers" in text
 
 

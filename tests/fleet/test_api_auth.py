@@ -87,7 +87,7 @@ def test_bodies_are_bounded_and_errors_are_json(broker: Broker, tmp_path: Path) 
             assert _error(doc)["fix"], body
 
         assert request(url, "GET", "/api/nothing")[0] == 404
-        assert request(url, "GET", "/")[0] == 404
+        assert request(url, "GET", "/static/nosuch.js")[0] == 404
         assert request(url, "GET", "/api/devices/../../etc/passwd")[0] == 404
         status, doc, _ = request(url, "GET", "/api/devices/nosuch")
         assert status == 404 and _error(doc)["code"] == "not_found"

@@ -41,7 +41,7 @@ def test_instances_starting_together_migrate_once(postgres_dsn: str) -> None:
         assert errors == [] and len(stores) == 4
         with psycopg.connect(postgres_dsn) as conn:
             rows = conn.execute("SELECT component, version FROM schema_meta ORDER BY 1").fetchall()
-        assert rows == [("registry", 1), ("rollouts", 1)]
+        assert rows == [("history", 1), ("registry", 1), ("rollouts", 1)]
     finally:
         for store in stores:
             store.close()
@@ -67,16 +67,24 @@ def test_two_instances_share_the_work(postgres_dsn: str) -> None:
             thread.start()
         for thread in racers:
             thread.join(timeout=60)
+        # every rollout has exactly one owner (which instance wins how many is up to the race)
         assert sorted(owners["ctl-one"] + owners["ctl-two"]) == IDS
-        assert owners["ctl-one"] and owners["ctl-two"]
         assert not set(owners["ctl-one"]) & set(owners["ctl-two"])
         for rollout_id in owners["ctl-one"]:
             assert not two.rollouts.claim(rollout_id, "ctl-two", 30.0, now=T0 + 1)
+        for rollout_id in owners["ctl-two"]:
+            assert not one.rollouts.claim(rollout_id, "ctl-one", 30.0, now=T0 + 1)
+        # an expired lease passes to the other instance
+        taken = IDS[0]
+        holder, other, name = (
+            (one, two, "ctl-two") if taken in owners["ctl-one"] else (two, one, "ctl-one")
+        )
+        assert other.rollouts.claim(taken, name, 30.0, now=T0 + 31)
+        assert not holder.rollouts.claim(taken, "x", 30.0, now=T0 + 32)
         # what one instance writes, the other reads; a manifest written by one is served by both
-        taken = owners["ctl-two"][0]
-        two.rollouts.update(taken, lambda doc: doc and {**doc, "state": "paused"})
-        assert one.rollouts.get(taken) == _doc(taken, counter=0, state="paused")
-        assert two.rollouts.manifest(owners["ctl-one"][0], "cam-1") == owners["ctl-one"][0]
+        other.rollouts.update(taken, lambda doc: doc and {**doc, "state": "paused"})
+        assert holder.rollouts.get(taken) == _doc(taken, counter=0, state="paused")
+        assert other.rollouts.manifest(IDS[-1], "cam-1") == IDS[-1]
     finally:
         one.close()
         two.close()

@@ -13,6 +13,19 @@ GET      ``/api/health``                     ``{"ok", "fleet", "instance", "stor
                                              "bundle_url", "rollouts_active"}``
 GET      ``/api/devices``                    ``{"devices": [device, ...]}`` (sorted by id)
 GET      ``/api/devices/<id>``               ``device``
+GET      ``/api/summary``                    ``{"fleet", "devices": {"total", "online",
+                                             "offline", "degraded"}, "models": [{"name",
+                                             "version", "precision", "devices"}],
+                                             "rollouts": [status of planned|running|paused],
+                                             "ts"}``
+GET      ``/api/devices/<id>/history``       ``{"device", "seconds", "points": [{"ts", "fps",
+                                             "latency_p50_ms", "power_w", "temp_max_c",
+                                             "memory_used_pct"}]}`` oldest first, at most 360
+                                             (``?seconds=3600``, 1 … 7 days)
+GET      ``/api/devices/<id>/events``        ``{"device", "events": [{"ts", "kind", "data"}]}``
+                                             newest first (``?limit=100``, 1 … 200)
+GET      ``/api/devices/<id>/ota``           ``{"device", "updates": [OtaStatus, ...]}``
+                                             newest first (one per update id, last 50)
 GET      ``/api/rollouts``                   ``{"rollouts": [status, ...]}`` (newest first)
 GET      ``/api/rollouts/<id>``              ``status``
 POST     ``/api/rollouts``                   ``status`` (201) — body ``{"spec": RolloutSpec,
@@ -20,10 +33,15 @@ POST     ``/api/rollouts``                   ``status`` (201) — body ``{"spec"
 POST     ``/api/rollouts/<id>/pause``        ``status`` (also ``resume``, ``abort``)
 =======  ==================================  =============================================
 
+Not JSON: ``GET /api/stream`` (server-sent events: ``device``, ``rollout``, ``summary``, ``:
+ping``; see :mod:`.stream`; 503 beyond ``stream.max_clients``), ``GET /metrics`` (Prometheus
+text, :mod:`.exposition`), ``GET /`` and ``GET /static/<name>`` (the dashboard, :mod:`.static`).
+
 ``device`` is :meth:`DeviceRecord.to_json` plus ``seen_ago_s`` (seconds since the last message)
 and ``online`` derived: the device said it is online and was heard from within
-``rollouts.offline_after_s``. ``status`` is :meth:`Rollout.status_json` (id, fleet, state, model,
-version, counts, waves, devices, abort_reason, tripped, spec, ...).
+``rollouts.offline_after_s``, ``status`` (``online|offline|degraded``) and flat display fields
+(:func:`~.views.device_json`). A rollout's ``status`` is :meth:`Rollout.status_json` (id, fleet,
+state, model, version, counts, waves, devices, abort_reason, tripped, spec, ...).
 
 Errors: ``{"error": {"code", "message", "fix"}}`` with 400 (``bad_json``, ``invalid``), 401
 (``unauthorized``), 403 (``read_only``), 404 (``not_found``), 405 (``method_not_allowed``), 409
@@ -35,103 +53,34 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from agent.config.fleet import ApiConfig
 from agent.core.errors import EdgeAgentError
 from agent.core.jsonlimits import JsonLimits, JsonRejected, loads_bounded, sanitize_text
 from agent.core.logs import log_fields
 from agent.fleet.controller.auth import bearer_matches
+from agent.fleet.controller.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.fleet.controller.httpcap import Background, CappedHTTPServer
+from agent.fleet.controller.responses import send_bytes, send_stream
+from agent.fleet.controller.routes import (
+    ApiBackend,
+    ApiError,
+    JsonObject,
+    match_route,
+    parse_query,
+)
+from agent.fleet.controller.static import STATIC_DIR, StaticFiles
 
 __all__ = ["ApiBackend", "ApiError", "ApiServer"]
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 32
-"""The most API requests served at once; more get 503 with Retry-After at once."""
-
-JsonObject = dict[str, Any]
-CONTROL_OPS = ("pause", "resume", "abort")
-
-
-class ApiError(Exception):
-    """An answer other than 200: HTTP status, stable code, message and fix."""
-
-    def __init__(self, status: int, code: str, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fix = fix
-
-    def body(self) -> JsonObject:
-        return {"error": {"code": self.code, "message": self.message, "fix": self.fix}}
-
-
-class ApiBackend(Protocol):
-    """What the API serves (the controller implements it). Raise :class:`ApiError` for 404/409,
-    :class:`EdgeAgentError` for a request that cannot be done (400 with its fix)."""
-
-    def health(self) -> JsonObject: ...
-
-    def devices(self) -> list[JsonObject]: ...
-
-    def device(self, device_id: str) -> JsonObject: ...
-
-    def rollouts(self) -> list[JsonObject]: ...
-
-    def rollout(self, rollout_id: str) -> JsonObject: ...
-
-    def start_rollout(self, body: JsonObject) -> JsonObject: ...
-
-    def control(self, rollout_id: str, op: str) -> JsonObject: ...
-
-
-@dataclass(frozen=True)
-class _Route:
-    method: str
-    pattern: re.Pattern[str]
-    call: Callable[[ApiBackend, re.Match[str], JsonObject], tuple[int, JsonObject]]
-
-
-_ID = r"([a-z0-9][a-z0-9._-]{0,62})"
-ROUTES: tuple[_Route, ...] = (
-    _Route("GET", re.compile(r"/api/health"), lambda b, m, _: (200, b.health())),
-    _Route("GET", re.compile(r"/api/devices"), lambda b, m, _: (200, {"devices": b.devices()})),
-    _Route("GET", re.compile(rf"/api/devices/{_ID}"), lambda b, m, _: (200, b.device(m[1]))),
-    _Route("GET", re.compile(r"/api/rollouts"), lambda b, m, _: (200, {"rollouts": b.rollouts()})),
-    _Route("GET", re.compile(rf"/api/rollouts/{_ID}"), lambda b, m, _: (200, b.rollout(m[1]))),
-    _Route("POST", re.compile(r"/api/rollouts"), lambda b, m, body: (201, b.start_rollout(body))),
-    _Route(
-        "POST",
-        re.compile(rf"/api/rollouts/{_ID}/({'|'.join(CONTROL_OPS)})"),
-        lambda b, m, _: (200, b.control(m[1], m[2])),
-    ),
-)
-
-
-def _match(method: str, path: str) -> tuple[_Route, re.Match[str]]:
-    allowed: list[str] = []
-    for route in ROUTES:
-        found = route.pattern.fullmatch(path)
-        if found is None:
-            continue
-        if route.method == method:
-            return route, found
-        allowed.append(route.method)
-    if allowed:
-        raise ApiError(
-            405,
-            "method_not_allowed",
-            f"{method} is not allowed on {path}",
-            f"use {' or '.join(sorted(set(allowed)))}",
-        )
-    raise ApiError(404, "not_found", "no such endpoint", "see the API list in the docs")
+MAX_CONNECTIONS = 96
+"""The most API connections served at once (live streams hold one each: up to 32 of them plus
+ordinary requests); more get 503 with Retry-After at once."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -154,13 +103,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         try:
-            path = self.path.split("?", 1)[0].rstrip("/") or "/"
-            route, found = _match(method, path)
-            body: JsonObject = {}
+            path, _, query = self.path.partition("?")
+            path = path.rstrip("/") or "/"
+            if method == "GET" and self._raw(path):
+                return
+            route, found = match_route(method, path)
+            args: JsonObject = parse_query(query)
             if method == "POST":
                 self._authorize()
-                body = self._body()
-            status, doc = route.call(self.server.backend, found, body)
+                args = self._body()
+            status, doc = route.call(self.server.backend, found, args)
         except ApiError as exc:
             self._reply(exc.status, exc.body(), close=exc.status in (411, 413))
             return
@@ -176,6 +128,34 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, error.body())
             return
         self._reply(status, doc)
+
+    def _raw(self, path: str) -> bool:
+        """Answer the paths that are not JSON; False for every other path."""
+        backend = self.server.backend
+        if path == "/api/stream":
+            client = backend.stream_subscribe()
+            if client is None:
+                raise ApiError(
+                    503,
+                    "unavailable",
+                    "too many live streams are connected",
+                    "close other dashboard tabs, or raise stream.max_clients",
+                )
+            try:
+                send_stream(self, client)
+            finally:
+                backend.stream_unsubscribe(client)
+        elif path == "/metrics":
+            send_bytes(self, backend.metrics_text(), METRICS_CONTENT_TYPE, cache="no-store")
+        elif path == "/" or path.startswith("/static/"):
+            name = "index.html" if path == "/" else path.removeprefix("/static/")
+            found = self.server.static.get(name)
+            if found is None:
+                raise _missing_file(name, self.server.static)
+            send_bytes(self, found.data, found.content_type, cache="no-cache")
+        else:
+            return False
+        return True
 
     def _authorize(self) -> None:
         token = self.server.token
@@ -254,11 +234,28 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("api: " + sanitize_text(format % args, max_len=300))
 
 
+def _missing_file(name: str, static: StaticFiles) -> ApiError:
+    if name == "index.html":
+        return ApiError(
+            404,
+            "not_found",
+            f"the dashboard is not installed (no index.html in {static.root})",
+            "reinstall edge-agent with its package data (agent/fleet/web/static)",
+        )
+    return ApiError(404, "not_found", "no such file", "see the dashboard at /")
+
+
 class _Server(CappedHTTPServer):
     def __init__(
-        self, address: tuple[str, int], backend: ApiBackend, token: str | None, max_body: int
+        self,
+        address: tuple[str, int],
+        backend: ApiBackend,
+        token: str | None,
+        max_body: int,
+        static: StaticFiles,
     ) -> None:
         self.backend = backend
+        self.static = static
         self.token = token
         self.max_body = max_body
         super().__init__(address, _Handler, max_connections=MAX_CONNECTIONS)
@@ -267,8 +264,16 @@ class _Server(CappedHTTPServer):
 class ApiServer:
     """The API on ``api.host:api.port`` in a background thread (``start`` / ``stop``)."""
 
-    def __init__(self, cfg: ApiConfig, backend: ApiBackend, token: str | None) -> None:
+    def __init__(
+        self,
+        cfg: ApiConfig,
+        backend: ApiBackend,
+        token: str | None,
+        *,
+        static_dir: Path = STATIC_DIR,
+    ) -> None:
         self.cfg = cfg
+        self.static = StaticFiles(static_dir)
         self.backend = backend
         self.token = token
         self.port = cfg.port
@@ -278,7 +283,11 @@ class ApiServer:
         cfg = self.cfg
         self.port = self._bg.start(
             lambda: _Server(
-                (cfg.host, cfg.port), self.backend, self.token, cfg.max_body_kib * 1024
+                (cfg.host, cfg.port),
+                self.backend,
+                self.token,
+                cfg.max_body_kib * 1024,
+                self.static,
             ),
             cfg.host,
             cfg.port,

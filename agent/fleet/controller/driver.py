@@ -14,7 +14,8 @@ publishes would otherwise leave those devices waiting for a manifest that never 
 (publishing the same retained manifest twice is harmless: devices drop a manifest they have
 already processed).
 
-Operator controls (:meth:`RolloutDriver.control`) go through the same atomic update.
+Operator controls (:meth:`RolloutDriver.control`) go through the same atomic update. Every
+committed change of a rollout is told to ``on_change`` (the live stream's change feed).
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ class RolloutDriver:
         lease_s: float,
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        on_change: Callable[[str], None] = lambda _rollout_id: None,
     ) -> None:
         self.store = store
+        self.on_change = on_change
         self.fleet = fleet
         self.owner = owner
         self.executor = executor
@@ -124,18 +127,23 @@ class RolloutDriver:
     ) -> Rollout | None:
         """Tick one rollout (the caller holds its lease); returns it as stored after."""
         actions: list[Sequence[Action]] = []
+        changed: list[bool] = []
 
         def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
             actions.clear()
+            changed.clear()
             if doc is None:
                 return None
             result = tick(Rollout.from_json(doc), registry, now, tick_s=self.tick_s)
             actions.append(result.actions)
+            changed.append(result.changed)
             return result.rollout.to_json() if result.changed else None
 
         stored = self.store.rollouts.update(rollout_id, change)
         if stored is None:
             return None
+        if changed and changed[-1]:
+            self.on_change(rollout_id)
         rollout = Rollout.from_json(stored)
         if actions and actions[-1]:
             self.executor.execute(rollout_id, actions[-1], now)
@@ -155,5 +163,6 @@ class RolloutDriver:
         if stored is None:
             return None
         self._retired.discard(rollout_id)
+        self.on_change(rollout_id)
         log.info("rollout control", extra=log_fields(rollout=rollout_id, op=op))
         return Rollout.from_json(stored)

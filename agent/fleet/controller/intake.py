@@ -2,7 +2,8 @@
 
 :meth:`MessageIntake.offer` is the MQTT client's ``on_message``: it runs on paho's thread, so
 it only enqueues (rule 14) and counts what a full queue drops. One worker thread drains the
-queue into :meth:`RegistryIngest.handle` (which never raises for what a device sent).
+queue into :meth:`RegistryIngest.handle` (which never raises for what a device sent), then tells
+``on_applied`` (the live stream's change feed) which device an applied message changed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 from agent.core.logs import log_fields
 from agent.fleet.registry.ingest import IngestResult
+from agent.fleet.registry.merge import Outcome
 
 __all__ = ["MessageIntake"]
 
@@ -26,9 +28,14 @@ class MessageIntake:
     """``offer`` (any thread, never blocks) → one worker → ``handle``."""
 
     def __init__(
-        self, handle: Callable[[str, bytes], IngestResult], *, max_queued: int = 10_000
+        self,
+        handle: Callable[[str, bytes], IngestResult],
+        *,
+        max_queued: int = 10_000,
+        on_applied: Callable[[str], None] | None = None,
     ) -> None:
         self.handle = handle
+        self.on_applied = on_applied
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(max_queued)
         self._lock = threading.Lock()
         self._dropped = 0
@@ -95,7 +102,9 @@ class MessageIntake:
 
     def _take(self, topic: str, payload: bytes) -> None:
         try:
-            self.handle(topic, payload)
+            result = self.handle(topic, payload)
+            if self.on_applied is not None and result.outcome is Outcome.APPLIED and result.device:
+                self.on_applied(result.device)
         except Exception:  # the store failed (disk full, database gone): keep running
             with self._lock:
                 self._errors += 1

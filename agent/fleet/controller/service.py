@@ -4,7 +4,10 @@
 bundle download server (:class:`RolloutFileServer`), the registry intake (a bounded queue fed
 by one :class:`MqttClient` subscribed to the devices' ``state|metrics|events|model`` topics),
 the rollout driver on a tick thread (every ``tick_s``, only while the broker link is up), and
-the HTTP API (:class:`ApiServer`), whose backend it is. ``stop()`` undoes it in reverse order.
+the live stream's change feed (:class:`ChangeFeed`: the intake and the driver mark what they
+changed), and the HTTP API (:class:`ApiServer`), whose backend it is (reads through
+:class:`FleetReads`). Applied device messages also feed the device history
+(:class:`HistoryRecorder`). ``stop()`` undoes it in reverse order.
 A controller stopped mid-rollout and started again (same store) picks its rollouts up where the
 store has them.
 """
@@ -33,11 +36,13 @@ from agent.fleet.controller.driver import RolloutDriver
 from agent.fleet.controller.executor import ActionExecutor
 from agent.fleet.controller.files import RolloutFileServer, rollout_dir
 from agent.fleet.controller.intake import MessageIntake
-from agent.fleet.controller.views import device_json, parse_start
+from agent.fleet.controller.reads import BUSY_STATES, FleetReads
+from agent.fleet.controller.stream import ChangeFeed, StreamClient
+from agent.fleet.controller.views import parse_start
+from agent.fleet.history.recorder import HistoryRecorder
 from agent.fleet.registry.ingest import RegistryIngest, registry_subscriptions
 from agent.fleet.rollout.records import Rollout
 from agent.fleet.rollout.sign import new_rollout_id, prepare_rollout
-from agent.fleet.rollout.states import RolloutState
 from agent.fleet.store.base import FleetStore
 from agent.fleet.store.open import open_store
 
@@ -45,7 +50,7 @@ __all__ = ["FleetController", "default_instance_id"]
 
 log = logging.getLogger(__name__)
 
-_BUSY = (RolloutState.PLANNED.value, RolloutState.RUNNING.value, RolloutState.PAUSED.value)
+_BUSY = BUSY_STATES
 
 
 def default_instance_id() -> str:
@@ -72,6 +77,9 @@ class FleetController:
         self._mqtt: MqttClient | None = None
         self._driver: RolloutDriver | None = None
         self._api: ApiServer | None = None
+        self._reads: FleetReads | None = None
+        self._feed: ChangeFeed | None = None
+        self._recorder: HistoryRecorder | None = None
         self._ticker: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -96,8 +104,16 @@ class FleetController:
         self._store = store = open_store(cfg.store, base_dir=self.base_dir)
         self._files = RolloutFileServer(cfg.bundle_server, self.state_dir, self._known)
         self._files.start()
-        self._ingest = RegistryIngest(store.registry, cfg.fleet, clock=self.clock)
-        self._intake = MessageIntake(self._ingest.handle)
+        self._recorder = recorder = HistoryRecorder(store.history, cfg.fleet, cfg.history)
+        self._ingest = RegistryIngest(
+            store.registry, cfg.fleet, clock=self.clock, observer=recorder
+        )
+        self._reads = reads = FleetReads(
+            cfg, store, self.clock, ingest_counts=self._ingest.counts, dropped=self._dropped
+        )
+        self._feed = feed = ChangeFeed(reads, cfg.stream.max_clients)
+        feed.start()
+        self._intake = MessageIntake(self._ingest.handle, on_applied=feed.device_changed)
         self._intake.start()
         self._mqtt = MqttClient(
             cfg.mqtt,
@@ -115,6 +131,7 @@ class FleetController:
             lease_s=3 * cfg.tick_s + 5,
             tick_s=cfg.tick_s,
             clock=self.clock,
+            on_change=feed.rollout_changed,
         )
         self._ticker = threading.Thread(target=self._tick_loop, name="fleet-tick", daemon=True)
         self._ticker.start()
@@ -134,6 +151,8 @@ class FleetController:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        if self._feed is not None:
+            self._feed.stop()  # ends the live streams, so the API can stop
         if self._api is not None:
             self._api.stop()
         if self._ticker is not None:
@@ -143,6 +162,8 @@ class FleetController:
             self._mqtt.close()
         if self._intake is not None:
             self._intake.stop()
+        if self._recorder is not None:
+            self._recorder.flush()
         if self._files is not None:
             self._files.stop()
         if self._store is not None:
@@ -166,6 +187,15 @@ class FleetController:
     def wait_connected(self, timeout_s: float) -> bool:
         return self._mqtt is not None and self._mqtt.wait_connected(timeout_s)
 
+    @property
+    def reads(self) -> FleetReads:
+        if self._reads is None:
+            raise EdgeAgentError("the fleet controller is not running", fix="start() it first")
+        return self._reads
+
+    def _dropped(self) -> int:
+        return 0 if self._intake is None else self._intake.stats()["dropped"]
+
     def _known(self, rollout_id: str) -> bool:
         store = self._store
         return store is not None and store.rollouts.get(rollout_id) is not None
@@ -176,6 +206,8 @@ class FleetController:
             self._wake.clear()
             if self._stopping.is_set() or self._driver is None:
                 return
+            if self._recorder is not None:
+                self._recorder.flush()  # the history's points taken since the last tick
             if not self.mqtt_connected:
                 continue  # no publishing, and the registry is not being fed
             try:
@@ -204,29 +236,42 @@ class FleetController:
         }
 
     def devices(self) -> list[dict[str, Any]]:
-        now, limit = self.clock(), self.cfg.rollouts.offline_after_s
-        return [device_json(r, now, limit) for r in self.store.registry.devices(self.cfg.fleet)]
+        return self.reads.devices()
 
     def device(self, device_id: str) -> dict[str, Any]:
-        record = self.store.registry.get(self.cfg.fleet, device_id)
-        if record is None:
-            raise ApiError(
-                404,
-                "not_found",
-                f"no device {device_id!r} in fleet {self.cfg.fleet}",
-                "list the devices with GET /api/devices",
-            )
-        return device_json(record, self.clock(), self.cfg.rollouts.offline_after_s)
+        return self.reads.device(device_id)
+
+    def summary(self) -> dict[str, Any]:
+        return self.reads.summary()
+
+    def history(self, device_id: str, seconds: int) -> dict[str, Any]:
+        return self.reads.history(device_id, seconds)
+
+    def events(self, device_id: str, limit: int) -> dict[str, Any]:
+        return self.reads.events(device_id, limit)
+
+    def ota(self, device_id: str) -> dict[str, Any]:
+        return self.reads.ota(device_id)
+
+    def metrics_text(self) -> bytes:
+        return self.reads.metrics_text()
+
+    def stream_subscribe(self) -> StreamClient | None:
+        return None if self._feed is None else self._feed.subscribe()
+
+    def stream_unsubscribe(self, client: StreamClient) -> None:
+        if self._feed is not None:
+            self._feed.unsubscribe(client)
 
     def rollouts(self) -> list[dict[str, Any]]:
         docs = self.store.rollouts.list(self.cfg.fleet)
         return [Rollout.from_json(d).status_json() for d in docs]
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
-        doc = self.store.rollouts.get(rollout_id)
-        if doc is None or doc.get("fleet") != self.cfg.fleet:
+        status = self.reads.rollout_doc(rollout_id)
+        if status is None:
             raise _no_rollout(rollout_id)
-        return Rollout.from_json(doc).status_json()
+        return status
 
     def control(self, rollout_id: str, op: str) -> dict[str, Any]:
         if self._driver is None:
@@ -251,6 +296,8 @@ class FleetController:
                     "wait until it completes, or abort it (`edge-agent fleet rollout abort ID`)",
                 )
             rollout = self._prepare_and_store(request.spec, request.key_path)
+        if self._feed is not None:
+            self._feed.rollout_changed(rollout.id)
         self._wake.set()
         return rollout.status_json()
 

@@ -7,6 +7,9 @@ within bounds (:func:`agent.core.jsonlimits.loads_bounded`), reads the fields it
 :class:`~.store.RegistryStore` in one atomic read-modify-write. Nothing a device sends can
 raise out of :meth:`RegistryIngest.handle`: a message that cannot be taken is counted by
 reason (``counts()``) and logged a few times at most.
+
+An :class:`IngestObserver` (the controller's history recorder) is told, after the store's
+write, of every applied metrics message and event and of every OTA report parsed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent.comms import topics
 from agent.config.base import NAME_PATTERN
@@ -32,10 +35,11 @@ from agent.fleet.registry.merge import (
     merge_ota,
     merge_state,
 )
-from agent.fleet.registry.records import DeviceRecord
+from agent.fleet.registry.records import DeviceRecord, MetricsSnapshot, OtaStatus
 from agent.fleet.registry.store import RegistryStore
 from agent.fleet.registry.wire import (
     BadMessage,
+    EventMessage,
     envelope_ts,
     parse_event,
     parse_metrics,
@@ -44,7 +48,13 @@ from agent.fleet.registry.wire import (
     require_envelope,
 )
 
-__all__ = ["INGEST_LIMITS", "IngestResult", "RegistryIngest", "registry_subscriptions"]
+__all__ = [
+    "INGEST_LIMITS",
+    "IngestObserver",
+    "IngestResult",
+    "RegistryIngest",
+    "registry_subscriptions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,21 @@ def registry_subscriptions(fleet: str, share_group: str | None = None) -> list[t
     prefix = "" if share_group is None else f"$share/{share_group}/"
     base = topics.device_base(fleet, topics.ANY)
     return [(f"{prefix}{base}/{leaf}", 1) for leaf in LEAVES]
+
+
+class IngestObserver(Protocol):
+    """Told what the ingest took (on the ingest thread, after the store's write); must not
+    raise."""
+
+    def metrics(self, device: str, snapshot: MetricsSnapshot, now: float) -> None: ...
+
+    def event(self, device: str, event: EventMessage) -> None: ...
+
+    def ota(self, device: str, status: OtaStatus) -> None: ...
+
+
+Rule = Callable[[DeviceRecord | None], Merge]
+Note = Callable[[Outcome], None]
 
 
 @dataclass(frozen=True)
@@ -94,8 +119,10 @@ class RegistryIngest:
         *,
         clock: Callable[[], float] = time.time,
         limits: JsonLimits = INGEST_LIMITS,
+        observer: IngestObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.fleet = fleet
         self.clock = clock
         self.limits = limits
@@ -124,7 +151,7 @@ class RegistryIngest:
         return IngestResult(merge.outcome, device)
 
     def _apply(self, device: str, leaf: str, doc: dict[str, Any]) -> Merge:
-        rule = self._rule(device, leaf, doc)
+        rule, note = self._rule(device, leaf, doc)
         result: list[Merge] = []
 
         def change(current: DeviceRecord | None) -> DeviceRecord | None:
@@ -133,27 +160,35 @@ class RegistryIngest:
             return merge.record
 
         self.store.update(self.fleet, device, change)
+        if note is not None:
+            note(result[-1].outcome)
         return result[-1]
 
-    def _rule(
-        self, device: str, leaf: str, doc: dict[str, Any]
-    ) -> Callable[[DeviceRecord | None], Merge]:
-        """Parse first (outside the store's transaction), then the pure merge as a closure."""
-        fleet, now = self.fleet, self.clock()
+    def _rule(self, device: str, leaf: str, doc: dict[str, Any]) -> tuple[Rule, Note | None]:
+        """Parse first (outside the store's transaction), then the pure merge as a closure and
+        what to tell the observer once it is written."""
+        fleet, now, seen = self.fleet, self.clock(), self.observer
         if leaf == topics.STATE:
             state = parse_state(doc)
-            return lambda cur: merge_state(cur, fleet, device, state, now)
+            return (lambda cur: merge_state(cur, fleet, device, state, now)), None
         if leaf == topics.METRICS:
             metrics = parse_metrics(doc)
-            return lambda cur: merge_metrics(cur, fleet, device, metrics, now)
+            note = None
+            if seen is not None:
+                note = _when_applied(lambda: seen.metrics(device, metrics.snapshot, now))
+            return (lambda cur: merge_metrics(cur, fleet, device, metrics, now)), note
         if leaf == topics.MODEL:
             status = parse_ota(doc)
             ts = envelope_ts(doc)
-            seen = now if ts is None else min(ts, now)
-            return lambda cur: merge_ota(cur, fleet, device, status, seen)
+            at = now if ts is None else min(ts, now)
+            note = None if seen is None else (lambda _o: seen.ota(device, status))
+            return (lambda cur: merge_ota(cur, fleet, device, status, at)), note
         event = parse_event(doc)
         ota = parse_ota(event.data) if event.kind == OTA_EVENT else None
-        return lambda cur: merge_event(cur, fleet, device, event, now, ota=ota)
+        note = (
+            None if seen is None else _when_applied(lambda: _tell_event(seen, device, event, ota))
+        )
+        return (lambda cur: merge_event(cur, fleet, device, event, now, ota=ota)), note
 
     def _count(self, *labels: str) -> None:
         with self._lock:
@@ -171,3 +206,19 @@ class RegistryIngest:
                 sanitize_text(detail, max_len=200),
             )
         return IngestResult(Outcome.REJECTED, device, reason)
+
+
+def _when_applied(tell: Callable[[], None]) -> Note:
+    def note(outcome: Outcome) -> None:
+        if outcome is Outcome.APPLIED:
+            tell()
+
+    return note
+
+
+def _tell_event(
+    observer: IngestObserver, device: str, event: EventMessage, ota: OtaStatus | None
+) -> None:
+    observer.event(device, event)
+    if ota is not None:
+        observer.ota(device, ota)

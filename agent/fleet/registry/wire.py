@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.comms.payloads import (
+    METRICS_SCHEMAS,
     SCHEMA_EVENT,
-    SCHEMA_METRICS,
     SCHEMA_MODEL,
     SCHEMA_STATE,
 )
@@ -41,13 +41,14 @@ MAX_TEXT = 256
 MAX_MAP = 64
 """Most sources, temperature zones or models taken from one message (the rest are ignored)."""
 
-SCHEMAS = {
-    "state": SCHEMA_STATE,
-    "metrics": SCHEMA_METRICS,
-    "events": SCHEMA_EVENT,
-    "model": SCHEMA_MODEL,
+SCHEMAS: dict[str, tuple[str, ...]] = {
+    "state": (SCHEMA_STATE,),
+    "metrics": METRICS_SCHEMAS,
+    "events": (SCHEMA_EVENT,),
+    "model": (SCHEMA_MODEL,),
 }
-"""The payload schema (major) the registry understands, by topic leaf."""
+"""The payload schemas (majors) the registry understands, by topic leaf: ``metrics/2`` and the
+``metrics/1`` of older agents and the simulated devices."""
 
 
 class BadMessage(ValueError):
@@ -92,7 +93,7 @@ def require_envelope(doc: Any, leaf: str, device: str) -> dict[str, Any]:
         raise BadMessage("not_object", type(doc).__name__)
     message: dict[str, Any] = doc  # pyright: ignore[reportUnknownVariableType]
     schema = message.get("schema")
-    if schema != SCHEMAS[leaf]:
+    if schema not in SCHEMAS[leaf]:
         raise BadMessage("unknown_schema", sanitize_text(schema, max_len=64))
     if message.get("device") != device:
         raise BadMessage("device_mismatch", sanitize_text(message.get("device"), max_len=64))
@@ -161,17 +162,29 @@ def _model_slot(value: Any) -> ModelSlot | None:
     )
 
 
+def _scaled(value: Any, factor: float) -> float | None:
+    """A ``metrics/2`` base-unit figure in the record's unit (s → ms, ratio → %), rounded to 6
+    decimals so that both majors give the same record for the same reading."""
+    number = _num(value)
+    return None if number is None else round(number * factor, 6)
+
+
+def _first(*values: float | None) -> float | None:
+    """The first known value: the ``metrics/2`` field, else its deprecated ``metrics/1`` twin."""
+    return next((v for v in values if v is not None), None)
+
+
 def _source(value: Any) -> SourceFigures | None:
     data = _dict(value)
     state = _text(data.get("state"), 32)
     if state is None:
         return None
-    latency = _dict(data.get("latency_ms"))
+    latency, seconds = _dict(data.get("latency_ms")), _dict(data.get("latency_seconds"))
     return SourceFigures(
         state=state,
         fps=_num(data.get("fps")),
-        latency_p50_ms=_num(latency.get("p50")),
-        latency_p99_ms=_num(latency.get("p99")),
+        latency_p50_ms=_first(_scaled(seconds.get("0.5"), 1e3), _num(latency.get("p50"))),
+        latency_p99_ms=_first(_scaled(seconds.get("0.99"), 1e3), _num(latency.get("p99"))),
         drops=_int(data.get("drops")),
         frames=_int(data.get("frames")),
     )
@@ -187,23 +200,32 @@ class MetricsMessage:
 
 
 def parse_metrics(doc: dict[str, Any]) -> MetricsMessage:
+    """A ``metrics/1`` or ``metrics/2`` message: each figure from its ``metrics/2`` field when
+    present, else from the deprecated ``metrics/1`` one (same record for both majors)."""
     seq, boot, ts = _seq_boot_ts(doc, "metrics")
     sources = {k: s for k, v in _capped(doc.get("sources")) if (s := _source(v)) is not None}
     fps = [s.fps for s in sources.values() if s.fps is not None]
-    temps = {k: t for k, v in _capped(doc.get("temperatures_c")) if (t := _num(v)) is not None}
+    zones = doc.get("temperature_celsius")
+    zones = zones if isinstance(zones, dict) else doc.get("temperatures_c")
+    temps = {k: t for k, v in _capped(zones) if (t := _num(v)) is not None}
     models = {k: m for k, v in _capped(doc.get("models")) if (m := _model_slot(v)) is not None}
+    memory = _dict(doc.get("memory"))
     snapshot = MetricsSnapshot(
         seq=seq,
         boot=boot,
         ts=ts,
-        uptime_s=_num(doc.get("uptime_s")),
+        uptime_s=_first(_num(doc.get("uptime_seconds")), _num(doc.get("uptime_s"))),
         fps=sum(fps) if fps else None,
         sources=sources,
-        power_w=_num(doc.get("power_w")),
+        power_w=_first(_num(doc.get("power_watts")), _num(doc.get("power_w"))),
         temperatures_c=temps,
-        memory_used_pct=_num(_dict(doc.get("memory")).get("used_pct")),
-        gpu_load_pct=_num(doc.get("gpu_load_pct")),
-        fps_per_w=_num(doc.get("fps_per_w")),
+        memory_used_pct=_first(
+            _scaled(memory.get("used_ratio"), 100.0), _num(memory.get("used_pct"))
+        ),
+        gpu_load_pct=_first(
+            _scaled(doc.get("gpu_load_ratio"), 100.0), _num(doc.get("gpu_load_pct"))
+        ),
+        fps_per_w=_first(_num(doc.get("fps_per_watt")), _num(doc.get("fps_per_w"))),
         governor_state=_text(_dict(doc.get("governor")).get("state"), 32),
         spool_dropped=_int(_dict(doc.get("comms")).get("dropped")),
     )

@@ -170,10 +170,21 @@ class SimDevice:
             "drops": 0,
             "frames": self.frames,
         }
+        rng = self.ctx.rng
+        power = round(7.0 + fps / 15.0 + rng.uniform(-0.3, 0.3), 2)  # an Orin Nano-like board
+        used = round(3100.0 + rng.uniform(-40.0, 40.0), 1)
         return {
             "uptime_s": round(time.monotonic() - self.state.started, 1),
             "sources": {"cam0": source},
             "stages_ms": {"infer": infer},
+            "power_w": power,
+            "temperatures_c": {
+                "cpu": round(48.0 + power + rng.uniform(-1, 1), 1),
+                "gpu": round(46.0 + power + rng.uniform(-1, 1), 1),
+            },
+            "memory": {"used_mib": used, "total_mib": 7620.0, "used_pct": round(used / 76.2, 1)},
+            "fps_per_w": round(fps / power, 3),
+            "governor": {"state": "normal", "workers": 2, "builds_allowed": True},
             "model": info,
             "models": {cfg.model: info},
             "comms": {"spooled": 0, "dropped": 0, "sent": self.wire.seq},

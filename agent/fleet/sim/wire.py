@@ -12,6 +12,7 @@ from typing import Any
 from agent.comms.endpoint import Will
 from agent.comms.mqtt import MqttClient
 from agent.comms.payloads import (
+    SCHEMA_METRICS_V1,
     event_payload,
     metrics_payload,
     model_payload,
@@ -96,8 +97,13 @@ class DeviceWire:
         self._publish(self.topics.events, payload)
 
     def metrics(self, body: dict[str, Any]) -> None:
-        payload = metrics_payload(
-            body, device=self.device, boot=self.boot, seq=self._next_seq(), ts=round(time.time(), 3)
+        payload = metrics_payload(  # v1: the simulated fleet stands for agents not yet upgraded
+            body,
+            device=self.device,
+            boot=self.boot,
+            seq=self._next_seq(),
+            ts=round(time.time(), 3),
+            schema=SCHEMA_METRICS_V1,
         )
         self._publish(self.topics.metrics, payload)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from agent.fleet.history.store import HistoryStore
 from agent.fleet.registry.store import RegistryStore
 
 __all__ = ["DocChange", "FleetStore", "RolloutStore"]
@@ -51,13 +52,17 @@ class RolloutStore(Protocol):
 
 
 class FleetStore(Protocol):
-    """Everything one controller keeps: the registry and the rollouts, in one database."""
+    """Everything one controller keeps: the registry, the rollouts and the device history, in
+    one database."""
 
     @property
     def registry(self) -> RegistryStore: ...
 
     @property
     def rollouts(self) -> RolloutStore: ...
+
+    @property
+    def history(self) -> HistoryStore: ...
 
     @property
     def where(self) -> str:

@@ -1,4 +1,5 @@
-"""The default fleet store: the registry and the rollouts in one SQLite file (WAL).
+"""The default fleet store: the registry, the rollouts and the device history in one SQLite file
+(WAL).
 
 One controller instance per file. Every write is an ``IMMEDIATE`` transaction under a lock, so the
 controller's threads (MQTT ingest, tick, HTTP API) and another process on the same file never
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.errors import EdgeAgentError
+from agent.fleet.history.sqlite import SqliteHistoryStore
 from agent.fleet.registry.store import SqliteRegistryStore, migrate_sqlite, open_sqlite
 from agent.fleet.store.base import DocChange
 from agent.fleet.store.rows import ROLLOUT_SCHEMA_COMPONENT, load_doc, rollout_row
@@ -158,14 +160,16 @@ class SqliteFleetStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        opened: list[SqliteRegistryStore | SqliteRolloutStore | SqliteHistoryStore] = []
         try:
             self._registry = SqliteRegistryStore(path)
-        except (sqlite3.Error, OSError) as exc:
-            raise _open_error(path, exc) from exc
-        try:
+            opened.append(self._registry)
             self._rollouts = SqliteRolloutStore(path)
+            opened.append(self._rollouts)
+            self._history = SqliteHistoryStore(path)
         except BaseException as exc:
-            self._registry.close()
+            for store in opened:
+                store.close()
             if isinstance(exc, (sqlite3.Error, OSError)):
                 raise _open_error(path, exc) from exc
             raise
@@ -179,10 +183,15 @@ class SqliteFleetStore:
         return self._rollouts
 
     @property
+    def history(self) -> SqliteHistoryStore:
+        return self._history
+
+    @property
     def where(self) -> str:
         return str(self.path)
 
     def close(self) -> None:
+        self._history.close()
         self._rollouts.close()
         self._registry.close()
 

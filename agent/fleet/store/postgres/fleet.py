@@ -1,11 +1,12 @@
-"""The shared fleet store: the registry and the rollouts in one PostgreSQL database, for several
-controller instances (each with its own small pool of connections)."""
+"""The shared fleet store: the registry, the rollouts and the device history in one PostgreSQL
+database, for several controller instances (each with its own small pool of connections)."""
 
 from __future__ import annotations
 
 import logging
 
 from agent.core.logs import log_fields
+from agent.fleet.store.postgres.history import PostgresHistoryStore
 from agent.fleet.store.postgres.pool import PgPool
 from agent.fleet.store.postgres.registry import PostgresRegistryStore
 from agent.fleet.store.postgres.rollouts import PostgresRolloutStore
@@ -33,6 +34,7 @@ class PostgresFleetStore:
             raise
         self._registry = PostgresRegistryStore(self._pool)
         self._rollouts = PostgresRolloutStore(self._pool)
+        self._history = PostgresHistoryStore(self._pool)
         log.info(
             "fleet store on PostgreSQL",
             extra=log_fields(where=self._pool.where, pool_size=pool_size),
@@ -45,6 +47,10 @@ class PostgresFleetStore:
     @property
     def rollouts(self) -> PostgresRolloutStore:
         return self._rollouts
+
+    @property
+    def history(self) -> PostgresHistoryStore:
+        return self._history
 
     @property
     def where(self) -> str:

@@ -9,6 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import EdgeAgentError
+from agent.fleet.history.store import HISTORY_SCHEMA_COMPONENT
 from agent.fleet.registry.store import SCHEMA_COMPONENT as REGISTRY_COMPONENT
 from agent.fleet.store.rows import ROLLOUT_SCHEMA_COMPONENT
 
@@ -69,9 +70,48 @@ _ROLLOUTS: Steps = {
 }
 """The rollouts' steps, version for version those of :mod:`agent.fleet.store.sqlite`."""
 
+_HISTORY: Steps = {
+    1: (
+        """CREATE TABLE history_points (
+            fleet TEXT NOT NULL,
+            device TEXT NOT NULL,
+            slot BIGINT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            fps DOUBLE PRECISION,
+            latency_p50_ms DOUBLE PRECISION,
+            power_w DOUBLE PRECISION,
+            temp_max_c DOUBLE PRECISION,
+            memory_used_pct DOUBLE PRECISION,
+            PRIMARY KEY (fleet, device, slot)
+        )""",
+        "CREATE INDEX history_points_ts ON history_points (ts)",
+        """CREATE TABLE history_events (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            fleet TEXT NOT NULL,
+            device TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX history_events_device ON history_events (fleet, device, id)",
+        """CREATE TABLE history_ota (
+            fleet TEXT NOT NULL,
+            device TEXT NOT NULL,
+            update_id TEXT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            steps INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            PRIMARY KEY (fleet, device, update_id)
+        )""",
+        "CREATE INDEX history_ota_device ON history_ota (fleet, device, updated_at)",
+    ),
+}
+"""The history's steps, version for version those of :mod:`agent.fleet.history.sqlite`."""
+
 COMPONENTS: tuple[tuple[str, Steps], ...] = (
     (REGISTRY_COMPONENT, _REGISTRY),
     (ROLLOUT_SCHEMA_COMPONENT, _ROLLOUTS),
+    (HISTORY_SCHEMA_COMPONENT, _HISTORY),
 )
 
 
