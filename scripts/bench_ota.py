@@ -67,7 +67,7 @@ PHASES = [
 def _push(env: dict[str, Any], bundle: Path, version: int) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "agent", "push", str(bundle), "--key", str(env["key"])]
     cmd += ["--version", str(version), "--serve", "--serve-for", "300", "--device", DEVICE]
-    cmd += ["--fleet", FLEET, "--mqtt-url", env["url"]]
+    cmd += ["--fleet", FLEET, "--mqtt-url", env["url"], "--wait", "0"]  # it times states itself
     return subprocess.Popen(
         cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

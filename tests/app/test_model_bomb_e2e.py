@@ -134,7 +134,7 @@ def test_model_bomb_is_refused_in_the_child_and_the_daemon_stays_small(
     peak = DaemonPeak(proc.pid)
     res = run_cli(
         "push", str(bomb), "--key", str(key), "--version", "2", "--url", bomb.as_uri(),
-        "--device", DEVICE, "--fleet", FLEET, "--mqtt-url", broker.url,
+        "--device", DEVICE, "--fleet", FLEET, "--mqtt-url", broker.url, "--wait", "0",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
 

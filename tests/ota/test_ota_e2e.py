@@ -217,7 +217,7 @@ def push_serve(env: Env, bundle: Path, version: int, device: str, out: Path) -> 
     """``edge-agent push --serve`` in the background (it serves until the module ends)."""
     cmd = [sys.executable, "-m", "agent", "push", str(bundle), "--key", str(env.key)]
     cmd += ["--version", str(version), "--serve", "--serve-for", "120", "--device", device]
-    cmd += ["--fleet", FLEET, "--mqtt-url", env.broker.url, "--out", str(out)]
+    cmd += ["--fleet", FLEET, "--mqtt-url", env.broker.url, "--out", str(out), "--wait", "0"]
     proc = subprocess.Popen(
         cmd,
         cwd=REPO,
@@ -247,6 +247,7 @@ def push_url(
     res = run_cli(
         "push", str(bundle), "--key", str(key or env.key), "--version", str(version),
         "--url", url, "--device", device, "--fleet", FLEET, "--mqtt-url", env.broker.url,
+        "--wait", "0",  # the tests follow the device's states themselves
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
