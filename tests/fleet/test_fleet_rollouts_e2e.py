@@ -146,10 +146,10 @@ def test_a_device_offline_during_the_push_gets_it_when_it_returns(world: World) 
         # its manifest stayed retained; it takes it on return and the rollout follows it
         assert _retained_manifests(world.broker) == [f"edge/{FLEET}/cam-0004/ota"]
         sims.bring_online(["cam-0004"])
-        wait_for(lambda: sims.device("cam-0004").serving_version == 2, 20, "cam-0004 on v2")
+        wait_for(lambda: sims.device("cam-0004").serving_version == 2, 45, "cam-0004 on v2")
         after = wait_for(
             lambda: (s := api.rollout(rid))["devices"]["cam-0004"]["state"] == "active" and s,
-            20,
+            45,  # the completed rollout is still ticked for its offline device
             "the controller to see cam-0004 active",
         )
         assert after["counts"]["active"] == 6

@@ -16,7 +16,6 @@ from agent.comms.mqtt import MqttClient
 from agent.comms.payloads import metrics_payload, state_payload
 from agent.comms.topics import Topics
 from agent.config.broker import MqttConfig
-from agent.fleet.keygen import generate_keypair
 from agent.fleet.sim import SimConfig, SimFleet
 from tests.helpers.broker import Broker
 from tests.helpers.fleet_controller import fleet_config, request, running, wait_for, write_token
@@ -25,13 +24,6 @@ from tests.helpers.ota_support import copy_bundle
 
 FLEET = "histf"
 SIMS = 4
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    directory = tmp_path / "keys"
-    generate_keypair(directory, "ops")
-    return directory
 
 
 @pytest.fixture

@@ -40,6 +40,8 @@ def test_rollbacks_in_the_canary_abort_before_the_next_wave() -> None:
     ]
     assert len(drv.of(PublishManifest)) == 10  # wave 1 never published
     assert drv.rollout.waves[1].state == "pending"
+    # the operator's view: the canary the abort cut short, and the wave that never started
+    assert [w["state"] for w in drv.rollout.status_json()["waves"]] == ["aborted", "pending"]
     assert drv.tick(30) == []  # rollbacks sent once
 
 

@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.fleet.web import static_dir
+
 __all__ = ["CONTENT_TYPES", "STATIC_DIR", "StaticFile", "StaticFiles"]
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
+STATIC_DIR = static_dir()
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -224,6 +224,14 @@ class Rollout:
             cleanup_done=doc["cleanup_done"],
         )
 
+    def _wave_status(self, wave: Wave) -> dict[str, Any]:
+        """A wave's view; one the abort cut short (started, not done) shows ``aborted``."""
+        out = wave.status_json()
+        started = wave.started_at is not None
+        if self.state is RolloutState.ABORTED and started and wave.done_at is None:
+            out["state"] = "aborted"
+        return out
+
     def status_json(self) -> dict[str, Any]:
         """The operator's view of the rollout (``GET /rollouts/<id>``, ``rollout status``)."""
         return {
@@ -239,7 +247,7 @@ class Rollout:
             "expires_at": self.expires_at,
             "current_wave": self.current_wave,
             "counts": self.counts(),
-            "waves": [w.status_json() for w in self.waves],
+            "waves": [self._wave_status(w) for w in self.waves],
             "abort_reason": self.abort_reason,
             "tripped": list(self.tripped),
             "cleanup_done": self.cleanup_done,
