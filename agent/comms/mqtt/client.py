@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.comms.backoff import FullJitterBackoff
 from agent.comms.endpoint import Will, parse_url
-from agent.comms.mqtt.factory import UNSUPPORTED_PROTOCOL, new_paho, protocol_of
+from agent.comms.mqtt.factory import UNSUPPORTED_PROTOCOL, new_paho, protocol_of, release
 from agent.comms.tls import tls_context
 from agent.config.broker import MqttConfig
 from agent.core.closing import Closeable
@@ -123,6 +123,7 @@ class MqttClient(Closeable):
         while self._connected.is_set() and time.monotonic() < deadline:
             time.sleep(0.01)
         client.loop_stop()
+        release(client)
         self._connected.clear()
 
     @property
@@ -215,6 +216,7 @@ class MqttClient(Closeable):
             old.loop_stop()
             with contextlib.suppress(Exception):
                 old.disconnect()
+            release(old)
             self._protocol = MQTTProtocolVersion.MQTTv311
             self._build()
 

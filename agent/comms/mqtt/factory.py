@@ -32,3 +32,22 @@ def new_paho(
         if not ctx.check_hostname:
             client.tls_insecure_set(True)
     return client
+
+
+def release(client: paho.Client) -> None:
+    """Close a stopped client's socket and wake-up pair now.
+
+    paho closes them only when the client object is collected, and a client held in a reference
+    cycle (its callbacks are bound methods of the object that holds it) waits for a full garbage
+    collection. A process that opens and closes hundreds of sessions (the simulated fleet, the
+    test suite) would hold the closed sessions' descriptors meanwhile, and paho's ``select()``
+    cannot watch a descriptor numbered 1024 or more: new sessions would then never connect.
+    Call after ``loop_stop()``; the client is not used again.
+    """
+    client.on_connect = None
+    client.on_disconnect = None
+    client.on_message = None
+    client.on_publish = None
+    client.on_subscribe = None
+    # paho 1.6 and 2.x: the one place that closes the socket and the pair (its __del__ calls it)
+    client._reset_sockets()  # pyright: ignore[reportPrivateUsage]

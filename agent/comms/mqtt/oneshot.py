@@ -21,7 +21,7 @@ from agent.comms.diagnose import (
     no_connack_error,
 )
 from agent.comms.endpoint import parse_url
-from agent.comms.mqtt.factory import UNSUPPORTED_PROTOCOL, new_paho, protocol_of
+from agent.comms.mqtt.factory import UNSUPPORTED_PROTOCOL, new_paho, protocol_of, release
 from agent.comms.tls import tls_context
 from agent.config.broker import MqttConfig
 from agent.core.errors import CommsError
@@ -91,6 +91,7 @@ class _OneShot:
         with contextlib.suppress(Exception):
             self.client.disconnect()
         self.client.loop_stop()
+        release(self.client)
 
 
 def publish_once(
