@@ -35,6 +35,7 @@ from agent.comms.prometheus import PrometheusExporter
 from agent.comms.service import CommsService
 from agent.config.agent import AgentConfig, DaemonConfig
 from agent.config.device import DeviceProfile
+from agent.config.profiles.board import board_label
 from agent.core.lifecycle import Component
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,15 @@ class FleetWiring:
         if cfg.metrics.enabled:
             exporter = PrometheusExporter(cfg.metrics, device=cfg.device_id)
 
+        board = board_label(self.config.options.root)
+
         def metrics() -> dict[str, Any]:
-            return metrics_body(
+            body = metrics_body(
                 daemon.uptime_s(), models.all_stats(), models.model_infos(), monitor()
             )
+            in_force = self.config.profile  # a reload or set-profile may have switched it
+            body.update(board=board, profile=in_force.name if in_force is not None else None)
+            return body
 
         return TelemetryComponent(
             service, exporter, events=self.events, metrics=metrics,

@@ -115,6 +115,10 @@ class MetricsBody(_Payload):
 
     uptime_s: float | None = Field(default=None, ge=0, description="Deprecated: uptime, s.")
     uptime_seconds: float | None = Field(default=None, ge=0, description="Agent uptime, s.")
+    profile: str | None = Field(default=None, max_length=64, description="Profile in force.")
+    board: str | None = Field(
+        default=None, max_length=128, description="Board model (device tree) or host platform."
+    )
     sources: dict[str, SourceMetrics] = Field(default_factory=dict, description="Per source.")
     stages_ms: dict[str, float] = Field(
         default_factory=dict, description="Deprecated: median time per pipeline stage, ms."

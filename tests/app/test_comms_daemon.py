@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -335,6 +336,11 @@ def test_cli_mqtt_url_on_the_default_config(tmp_path: Path, cache: Path, profile
     assert metrics["schema"] == "edge-agent/metrics/2" and metrics["device"] == "demo-cpu"
     assert src["latency_seconds"]["0.5"] == pytest.approx(src["latency_ms"]["p50"] / 1000)
     assert metrics["uptime_seconds"] == metrics["uptime_s"]  # metrics/1 fields kept, deprecated
+    # what the fleet table shows in its board and profile columns (a CPU host: OS and machine)
+    assert (
+        metrics["profile"] == "cpu"
+        and metrics["board"] == f"{platform.system()} {platform.machine()}"
+    )
     assert 0 < metrics["uptime_s"] < 120 and metrics["boot"] == 1
     model = metrics["model"]
     assert model["name"] == "shapes-det" and model["version"] >= 1
@@ -456,6 +462,10 @@ def test_prometheus_serves_the_daemons_figures(env: Env) -> None:
     assert total and float(total.group(1)) == metrics["memory"]["total_bytes"]
     assert "edge_agent_mqtt_sent_total" in text  # the spool counters
     assert "edge_agent_governor_workers" in text
+    board = re.escape(f'board="{metrics["board"]}"')
+    assert re.search(
+        rf"^edge_agent_device_info\{{{board},profile=\"{metrics['profile']}\"\}} 1.0$", text, re.M
+    )
 
 
 # --------------------------------------------------------------------------- 4. broker outage

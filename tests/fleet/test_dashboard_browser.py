@@ -158,6 +158,9 @@ def test_the_fleet_page_lists_every_device_with_its_counts(dash: Stack) -> None:
         assert row.locator('td[data-field="device"]').inner_text().strip() == "cam-0000"
         assert "shapes-cls" in row.locator('td[data-field="model"]').inner_text()
         assert any(c.isdigit() for c in row.locator('td[data-field="fps"]').inner_text())
+        # board and profile as the devices report them in their metrics
+        assert "Orin Nano" in row.locator('td[data-field="board"]').inner_text()
+        assert row.locator('td[data-field="profile"]').inner_text().strip() == "orin-nano-8gb"
         # the summary's counts are those of the rows, and of the API
         counts = wait_js(
             page,

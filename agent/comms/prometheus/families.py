@@ -179,7 +179,14 @@ def _fleet_families(m: Mapping[str, Any]) -> list[Metric]:
     gov, comms, ota = _map(m.get("governor")), _map(m.get("comms")), _map(m.get("ota"))
     builds = gov.get("builds_allowed")
     gov_state, ota_state = gov.get("state"), ota.get("state")
+    profile, board = m.get("profile"), m.get("board")
     return [
+        _one_hot(
+            "device_info",
+            "1, labelled with the profile in force and the board.",
+            ["profile", "board"],
+            [[_label(profile), _label(board)]] if profile or board else [],
+        ),
         _one_hot(
             "model_info",
             "1 for every serving model.",

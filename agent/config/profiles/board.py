@@ -12,6 +12,7 @@ Also the L4T release → JetPack table.
 from __future__ import annotations
 
 import logging
+import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,3 +223,10 @@ def read_board(root: Path = Path("/")) -> BoardInfo:
         module_part_number=module_part_number(compatible),
         notes=tuple(notes),
     )
+
+
+def board_label(root: Path) -> str:
+    """What a fleet view calls this board: the device-tree model (``NVIDIA Jetson Orin Nano
+    Developer Kit``), else the host's OS and machine (``Linux x86_64``)."""
+    model = read_board(root).model
+    return model[:128] if model else f"{platform.system()} {platform.machine()}".strip()

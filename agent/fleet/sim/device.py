@@ -175,6 +175,8 @@ class SimDevice:
         used = round(3100.0 + rng.uniform(-40.0, 40.0), 1)
         return {
             "uptime_s": round(time.monotonic() - self.state.started, 1),
+            "profile": "orin-nano-8gb",
+            "board": "NVIDIA Jetson Orin Nano Developer Kit",
             "sources": {"cam0": source},
             "stages_ms": {"infer": infer},
             "power_w": power,
