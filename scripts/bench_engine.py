@@ -62,7 +62,7 @@ from tests.helpers.scenes import heldout_recipe, stage_bundle  # noqa: E402
 
 MODELS = ROOT / "agent" / "data" / "models"
 HELDOUT = ROOT / "agent" / "data" / "heldout"
-CALIB = ROOT / "calib"
+CALIB = ROOT / "agent" / "data" / "calib"
 FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
 
 
@@ -416,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR[:CALIB]",
         help="another model bundle (repeatable); calibration frames default to DIR/calib, "
-        "else calib/<dir name>",
+        "else agent/data/calib/<dir name>",
     )
     parser.add_argument(
         "--fixture",

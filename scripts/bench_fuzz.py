@@ -304,7 +304,7 @@ class Bench:
 
 def _private_calib(config: Path, calib: Path) -> None:
     """A copy of the calibration frames in the work dir: ``calib-collect`` writes there, never
-    into the repository's ``calib/``."""
+    into the package's ``agent/data/calib/``."""
     doc = yaml.safe_load(config.read_text())
     for model in doc["models"]:
         shutil.copytree(model["calib_dir"], calib / model["name"])

@@ -44,7 +44,7 @@ from agent.vision.letterbox import preprocess  # noqa: E402
 
 BUNDLE = ROOT / "agent" / "data" / "models" / "shapes-det"
 VIDEO = ROOT / "agent" / "data" / "samples" / "shapes.mp4"
-CALIB = ROOT / "calib" / "shapes-det"
+CALIB = ROOT / "agent" / "data" / "calib" / "shapes-det"
 
 
 class CountingSink:

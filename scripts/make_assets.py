@@ -12,7 +12,7 @@ Outputs (paths relative to ``--out``, which defaults to the repository root):
     agent/data/samples/shapes.mp4                                     10 s, 15 fps, 640x360
     agent/data/heldout/shapes-det/  64 JPEG scenes + labels.json
     agent/data/heldout/shapes-cls/  200 JPEG patches + labels.json
-    calib/shapes-det/, calib/shapes-cls/  96 JPEG calibration frames each
+    agent/data/calib/shapes-det/, agent/data/calib/shapes-cls/  96 JPEG calibration frames each
     agent/data/README.md            how they were made, specs and the held-out metrics
 
 The metrics are measured with ONNX Runtime on the exported ONNX files, on the held-out images
@@ -904,10 +904,10 @@ def write_readme(root: Path, info: dict[str, Any]) -> None:
              "shapes; reads back with `cv2.VideoCapture`", info["video_size"]),
             ("`heldout/shapes-det/`", "see above", info["heldout_det_size"]),
             ("`heldout/shapes-cls/`", "see above", info["heldout_cls_size"]),
-            ("`calib/shapes-det/` (repo root)",
+            ("`calib/shapes-det/`",
              f"96 JPEG 640×360 scenes (seed {SEED_DET_CALIB}) for INT8 calibration",
              info["calib_det_size"]),
-            ("`calib/shapes-cls/` (repo root)",
+            ("`calib/shapes-cls/`",
              f"96 JPEG patches of 48–112 px (seed {SEED_CLS_CALIB}) for INT8 calibration",
              info["calib_cls_size"]),
             ("`models/*/metrics.json`", "the numbers on this page, machine-readable", ""),
@@ -1005,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
     data = root / "agent" / "data"
     det_dir, cls_dir = data / "models" / "shapes-det", data / "models" / "shapes-cls"
     ho_det, ho_cls = data / "heldout" / "shapes-det", data / "heldout" / "shapes-cls"
-    cal_det, cal_cls = root / "calib" / "shapes-det", root / "calib" / "shapes-cls"
+    cal_det, cal_cls = data / "calib" / "shapes-det", data / "calib" / "shapes-cls"
 
     # ---- data that does not depend on the models
     log("writing held-out and calibration sets")
@@ -1117,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     write_readme(root, info)
 
     total = 0
-    for p in sorted([*data.rglob("*"), *(root / "calib").rglob("*")]):
+    for p in sorted(data.rglob("*")):
         if p.is_file() and (p.suffix != ".jpg" or p.parent.name == "samples"):
             log(f"  {rel(p, root):50s} {p.stat().st_size / 1024:8.1f} KiB")
         if p.is_file():

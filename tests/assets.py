@@ -22,8 +22,8 @@ CLS_HELDOUT = HELDOUT / "shapes-cls"
 SAMPLE_VIDEO = DATA / "samples" / "shapes.mp4"
 DEFAULT_CONFIG = DATA / "agent.default.yaml"
 
-# ---- calibration frames (calib/<model>)
-CALIB = REPO / "calib"
+# ---- calibration frames of the bundled models (agent/data/calib/<model>)
+CALIB = DATA / "calib"
 DET_CALIB = CALIB / "shapes-det"
 CLS_CALIB = CALIB / "shapes-cls"
 

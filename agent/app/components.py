@@ -10,15 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.app.metrics import energy_message, stats_message
 from agent.app.models import ModelRegistry
 from agent.app.monitor_component import MonitorComponent
 from agent.app.pipeline_component import PipelineComponent, PipelineFactory
+from agent.app.statslog import log_final, log_stats
 from agent.app.supervisor import ProgressWatch, Supervisor
 from agent.config.agent import AgentConfig
 from agent.config.device import DeviceProfile
 from agent.core.lifecycle import Component, Health
 from agent.core.logs import log_fields
+from agent.pipeline.stats import PipelineStats
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +139,28 @@ class Components:
             healths[comp.name] = health
         return healths
 
-    def drain(self, reason: str, timeout_s: float, clock: Callable[[], float]) -> None:
+    def drain(
+        self, reason: str, timeout_s: float, clock: Callable[[], float]
+    ) -> list[PipelineStats]:
         """Stop everything within ``timeout_s``: extras first, then each pipeline draining its
-        in-flight frames (their results count in the final stats), then the monitor."""
+        in-flight frames (their results count in the final stats), then the monitor. Returns
+        each pipeline's final stats."""
         deadline = clock() + timeout_s
         for comp in reversed(self.extra):
             stop_quietly(comp, min(2.0, max(0.1, deadline - clock())))
         comps = list(self.pipelines.values())
+        finals: list[PipelineStats] = []
         for i, comp in enumerate(comps):
             comp.stop(timeout=max(0.1, (deadline - clock()) / (len(comps) - i)))
-            _log_final(comp, reason)
+            final = _log_final(comp, reason)
+            if final is not None:
+                finals.append(final)
         self.pipelines.clear()
         if self.monitor is not None:
             self.monitor.stop(1.0)
             self.monitor.close()
             self.monitor = None
+        return finals
 
     def shutdown(self) -> None:
         """Whatever is still running after a failure: stop it, bounded."""
@@ -168,15 +176,15 @@ class Components:
             self.monitor = None
 
     def log_stats(self) -> None:
-        """One stats line per pipeline, with the monitor's energy figures."""
-        extra = self.monitor.snapshot() if self.monitor is not None else {}
+        """One stats line per pipeline, with the governor state and the power, temperature and
+        energy figures where the monitor knows them."""
+        monitor = self.monitor
+        snapshot = monitor.snapshot() if monitor is not None else {}
+        reading = (monitor.governor.last_reading if monitor is not None else None) or {}
         for comp in self.pipelines.values():
             stats = comp.stats()
             if stats is not None:
-                log.info(
-                    stats_message(stats) + energy_message(extra),
-                    extra=log_fields(event="stats", stats=stats.to_json(), **extra),
-                )
+                log_stats(stats, snapshot, reading)
 
     def _close_monitor(self) -> None:
         if self.monitor is not None:
@@ -184,10 +192,8 @@ class Components:
             self.monitor.close()
 
 
-def _log_final(comp: PipelineComponent, reason: str) -> None:
+def _log_final(comp: PipelineComponent, reason: str) -> PipelineStats | None:
     stats = comp.final_stats()
     if stats is not None:
-        log.info(
-            "final " + stats_message(stats),
-            extra=log_fields(event="final_stats", stats=stats.to_json(), reason=reason),
-        )
+        log_final(stats, reason)
+    return stats

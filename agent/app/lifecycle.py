@@ -22,8 +22,8 @@
   changed are rebuilt (engines prepared on the helper thread while the old pipelines keep
   serving), then swapped; then ``READY=1``.
 * **STOPPING** — SIGTERM/SIGINT (or the sources ended, or ``--duration``): ``STOPPING=1``, the
-  sources stop, in-flight frames drain within ``daemon.stop_timeout_s`` and the final stats are
-  logged. Exit 0.
+  sources stop, in-flight frames drain within ``daemon.stop_timeout_s``, the final stats and a
+  summary are logged. Exit 0 (a second SIGINT stops waiting: 130, :mod:`agent.app.signals`).
 * **FAILED** — a component failed more often than its restart budget allows, or start-up
   failed: the exit code (:class:`ExitCode`) says which, and systemd's ``Restart=on-failure``
   takes over.
@@ -36,13 +36,11 @@ from __future__ import annotations
 
 import enum
 import logging
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from agent.app.components import Components, FleetWiring
@@ -54,6 +52,8 @@ from agent.app.readiness import Readiness, status_line
 from agent.app.reload import Reloader, model_specs
 from agent.app.runconfig import RunConfig
 from agent.app.settings import DaemonSettings
+from agent.app.signals import install_signals, restore_signals
+from agent.app.statslog import log_summary
 from agent.app.supervisor import ProgressWatch, Supervisor
 from agent.app.systemd import Notifier
 from agent.config.agent import AgentConfig
@@ -158,6 +158,10 @@ class Daemon:
             self._stop_reason = reason
         self._stop.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
     def request_reload(self) -> None:
         """Ask the main loop to re-read the config (safe from a signal handler, any thread)."""
         self._reload_requested.set()
@@ -184,7 +188,7 @@ class Daemon:
     def run(self) -> int:
         """Start, serve, stop. Returns the exit code; configuration and start-up errors raise
         (the CLI prints them): :class:`ConfigError` (2), other :class:`EdgeAgentError` (1)."""
-        previous = self._install_signals()
+        previous = install_signals(self)
         try:
             return self._run()
         except RestartBudgetSpent as exc:
@@ -196,8 +200,7 @@ class Daemon:
             raise
         finally:
             self.components.shutdown()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            restore_signals(previous)
             if self._notifier is not None:
                 self._notifier.close()
 
@@ -217,23 +220,6 @@ class Daemon:
         if self.state not in (DaemonState.FAILED, DaemonState.STOPPED):
             self._to(DaemonState.FAILED, reason)
         self.notifier.status(f"failed: {reason}"[:400])
-
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def on_stop(signum: int, _frame: FrameType | None) -> None:
-            self.request_stop(signal.Signals(signum).name)
-
-        def on_hup(_signum: int, _frame: FrameType | None) -> None:
-            self.request_reload()
-
-        handlers: dict[int, Any] = {
-            signal.SIGINT: on_stop,
-            signal.SIGTERM: on_stop,
-            signal.SIGHUP: on_hup,
-        }
-        return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
 
     def _status_line(self) -> str:
         comps = self.components
@@ -298,10 +284,10 @@ class Daemon:
         next_extend = self.clock()
         while not job.done:
             if self._stop.is_set():
-                log.info("stopped during start-up", extra=log_fields(event="stop"))
                 self._to(DaemonState.STOPPING, "signal during start-up")
                 notifier.stopping("stopping: interrupted during start-up")
                 self._to(DaemonState.STOPPED)
+                log_summary([], f"{self._stop_reason} during start-up", self.uptime_s(), None)
                 return False
             if self.clock() >= next_extend:
                 notifier.extend_timeout(_EXTEND_EVERY_S * 6)
@@ -364,9 +350,11 @@ class Daemon:
     def _drain(self, reason: str) -> int:
         self._to(DaemonState.STOPPING, reason)
         self.notifier.stopping(f"stopping ({reason}): draining in-flight frames")
-        self.components.drain(reason, self.parts.settings.stop_timeout_s, self.clock)
+        finals = self.components.drain(reason, self.parts.settings.stop_timeout_s, self.clock)
         self._to(DaemonState.STOPPED, reason)
-        log.info("stopped", extra=log_fields(event="stop", reason=reason))
+        since = self.parts.readiness.serving_since
+        served = None if since is None else self.clock() - since
+        log_summary(finals, reason, self.uptime_s(), served)
         return ExitCode.OK
 
     # ------------------------------------------------------------------ reload

@@ -145,27 +145,30 @@ def ota_figures(record: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def stats_message(stats: PipelineStats) -> str:
-    """One pipeline's stats line: fps and drops per source, latency p50/p99 per stage."""
+    """One pipeline's stats line: fps and drops per source (with its state unless streaming),
+    latency p50/p99 in total and of inference."""
     parts = [
-        f"{name}: {s.fps:.1f} fps, {s.dropped} dropped ({s.state})"
+        f"{name} {s.fps:.1f} fps, {s.dropped} dropped"
+        + ("" if s.state in (None, "streaming") else f" ({s.state})")
         for name, s in stats.sources.items()
     ]
-    stage = ", ".join(
-        f"{k} {v.p50:.1f}/{v.p99:.1f}"
-        for k, v in stats.latency_ms.items()
-        if v.p50 is not None and v.p99 is not None
-    )
-    return (
-        f"{stats.model} [{stats.precision}, {stats.workers} workers] "
-        + "; ".join(parts)
-        + (f"; latency ms p50/p99: {stage}" if stage else "")
-    )
+    text = f"{stats.model} {stats.precision} ×{stats.workers}: " + "; ".join(parts)
+    total, infer = stats.latency_ms.get("total"), stats.latency_ms.get("infer")
+    if total is not None and total.p50 is not None and total.p99 is not None:
+        text += f"; latency p50/p99 {total.p50:.1f}/{total.p99:.1f} ms"
+        if infer is not None and infer.p50 is not None and infer.p99 is not None:
+            text += f" (infer {infer.p50:.1f}/{infer.p99:.1f})"
+    return text
 
 
-def energy_message(monitor: Mapping[str, Any]) -> str:
-    """The stats line's tail from the monitor's snapshot: fps per watt, governor state."""
-    energy = monitor.get("energy") or {}
-    fpw = energy.get("fps_per_watt")
-    state = (monitor.get("governor") or {}).get("state")
-    text = f"; {fpw:.2f} fps/W" if isinstance(fpw, (int, float)) else ""
-    return text + (f"; governor {state}" if state else "")
+def energy_message(figures: Mapping[str, Any]) -> str:
+    """The stats line's tail: governor state, board power, hottest temperature, fps per watt
+    (each where known), from the stats record's monitor fields."""
+    state = (figures.get("governor") or {}).get("state")
+    text = f"; governor {state}" if state else ""
+    units = (("power_w", "{:.1f} W"), ("temp_c", "{:.0f} °C"), ("fps_per_watt", "{:.2f} fps/W"))
+    for key, unit in units:
+        value = figures.get(key)
+        if isinstance(value, (int, float)):
+            text += "; " + unit.format(value)
+    return text

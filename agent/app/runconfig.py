@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.app.exits import RunError
+from agent.app.preflight import RunOverrides, load_run_config
 from agent.config.agent import AgentConfig
+from agent.config.cachedir import resolve_cache_dir
 from agent.config.device import DeviceProfile
-from agent.config.load import default_config_path, load_run_config, resolve_profile, source_override
+from agent.config.load import default_config_path, resolve_profile, source_override
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,17 @@ class RunConfig:
         self._profile_override_applied: str | None = None
 
     def load(self) -> AgentConfig:
-        """The config file with ``--mqtt-url``, the OTA bundle overrides and ``--source``."""
-        cfg = load_run_config(self.config_path)
+        """The config file, checked as ``validate-config`` checks it (with the command line's
+        overrides: :mod:`agent.app.preflight`), with ``--mqtt-url``, the OTA bundle overrides
+        and ``--source`` applied."""
+        opts = self.options
+        overrides = RunOverrides(
+            profile=self.profile_override or opts.profile,
+            profiles_dir=Path(opts.profiles_dir) if opts.profiles_dir else None,
+            sources=bool(opts.sources),
+            mqtt_url=opts.mqtt_url,
+        )
+        cfg = load_run_config(self.config_path, overrides)
         if self.options.mqtt_url:
             mqtt = cfg.mqtt.model_copy(update={"enabled": True, "url": self.options.mqtt_url})
             cfg = cfg.model_copy(update={"mqtt": type(cfg.mqtt).model_validate(mqtt.model_dump())})
@@ -72,11 +82,6 @@ class RunConfig:
             first = cfg.models[0].name
             sources = [source_override(u, first, i) for i, u in enumerate(self.options.sources)]
             cfg = cfg.model_copy(update={"sources": sources})
-        if not cfg.sources:
-            raise RunError(
-                f"{self.config_path}: no sources to run",
-                fix="add sources: to the config or pass --source URI",
-            )
         return cfg
 
     def resolve_profile(self, cfg: AgentConfig) -> tuple[DeviceProfile, str | None, str]:
@@ -85,8 +90,9 @@ class RunConfig:
         return resolve_profile(name, self.options.profiles_dir)
 
     def cache_dir(self, cfg: AgentConfig) -> Path:
-        """The engine cache: ``--cache-dir``, else the config's."""
-        return self.options.cache_dir.expanduser() if self.options.cache_dir else cfg.cache_dir
+        """The engine cache: ``--cache-dir``, else the config's, else the default every
+        command uses (:func:`agent.config.cachedir.resolve_cache_dir`)."""
+        return resolve_cache_dir(self.options.cache_dir, cfg.cache_dir).path
 
     def use(self, cfg: AgentConfig, profile: DeviceProfile, l4t: str | None) -> None:
         self.cfg, self.profile, self.l4t = cfg, profile, l4t

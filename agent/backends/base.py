@@ -56,6 +56,26 @@ class InputShapes:
 
 
 @dataclass(frozen=True)
+class TargetBoard:
+    """The board a build is for: the device profile's name, ``identity.family`` and
+    ``identity.dla_cores``, and the JetPack of the detected L4T release (None when unknown).
+    Backends check board-dependent features (the DLA) against it."""
+
+    profile: str
+    family: str
+    dla_cores: int
+    jetpack: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "family": self.family,
+            "dla_cores": self.dla_cores,
+            "jetpack": self.jetpack,
+        }
+
+
+@dataclass(frozen=True)
 class BuildRequest:
     """Everything a backend needs to build one artifact. Paths are absolute."""
 
@@ -74,6 +94,8 @@ class BuildRequest:
     #: the build child's memory cap (the profile's ``build.build_memory_cap_mib``): TensorRT bounds
     #: its builder pools by it (on unified memory they are invisible to the child's RSS watch)
     memory_cap_mib: int | None = None
+    #: the board the engine is built for (None: not known, e.g. a build outside a profile)
+    board: TargetBoard | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +181,33 @@ class Runner(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+@runtime_checkable
+class StageTimedRunner(Protocol):
+    """A runner that can time each inference's stages (TensorRT: CUDA events around the H2D
+    copies, the engine and the D2H copies). ``timing`` is off by default, so serving pays
+    nothing; ``edge-agent bench`` turns it on before activating."""
+
+    timing: bool
+
+    def last_stage_ms(self) -> Mapping[str, float] | None:
+        """Milliseconds of the last inference's ``h2d``, ``compute`` and ``d2h`` (None: none)."""
+        ...
+
+    def transfers_note(self) -> str | None:
+        """Why the transfers are 0 (zero-copy on an integrated GPU), else None."""
+        ...
+
+
+@runtime_checkable
+class ProfileShapedRunner(Protocol):
+    """An (active) runner that reads its engine's optimization profile (a bare TensorRT plan has
+    no manifest that records it)."""
+
+    def profile_shapes(self) -> dict[str, InputShapes]:
+        """min/opt/max of each dynamic input."""
+        ...
 
 
 class RunnerBase(ABC):

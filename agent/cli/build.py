@@ -9,11 +9,14 @@ import argparse
 from pathlib import Path
 
 from agent.cli.common import format_table, positive_float, print_json
+from agent.cli.overrides import add_override_args, overrides_from_args
 from agent.cli.progress import ProgressPrinter
 from agent.cli.quant_summary import quantization_json, quantization_text
+from agent.config.cachedir import cache_dir_help, resolve_cache_dir
 from agent.config.device import DeviceProfile
 from agent.config.load import resolve_profile
-from agent.engine.build.orchestrator import build_engine, default_cache_dir
+from agent.engine.artifact import save_engine_copy
+from agent.engine.build.orchestrator import build_engine
 from agent.engine.build.outcome import BuildOutcome
 
 __all__ = ["PRECISION_CHOICES", "register"]
@@ -24,13 +27,15 @@ PRECISION_CHOICES = ("int8", "fp16", "fp32", "auto")
 def _cmd_build(args: argparse.Namespace) -> int:
     profile, l4t, how = resolve_profile(args.profile, args.profiles_dir)
     precision = args.precision or profile.build.default_precision
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    overrides = overrides_from_args(args)
+    cache = resolve_cache_dir(args.cache_dir)
+    cache_dir = cache.path
     printer = ProgressPrinter()
     if not printer.tty:
         printer(
             "profile",
             1.0,
-            f"profile {profile.name} ({how}); precision {precision}; cache {cache_dir}",
+            f"profile {profile.name} ({how}); precision {precision}; cache {cache}",
         )
     try:
         outcome = build_engine(
@@ -43,9 +48,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
             progress=printer,
             force=args.force,
             gate_seconds=args.gate_seconds,
+            overrides=overrides,
         )
     finally:
         printer.close()
+    saved = save_engine_copy(outcome.artifact, Path(args.output)) if args.output else []
     if args.json:
         int8 = outcome.artifacts.get("int8")
         summary = {
@@ -53,13 +60,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
             "profile": profile.name,
             "l4t_release": l4t,
             "quantization": None if int8 is None else quantization_json(int8.manifest),
+            "overrides": overrides.key_json(),
+            "saved": [str(p) for p in saved],
         }
+        # one document, the same keys either way: indented for a person, one line for a pipe
+        doc = {"event": "result", **summary}
         if printer.tty:
-            print_json(summary)
+            print_json(doc)
         else:
-            print_json({"event": "result", **summary}, indent=None)
+            print_json(doc, indent=None)
         return 0
     _print_outcome(outcome, profile, how)
+    for path in saved:
+        print(f"saved:     {path}")
     return 0
 
 
@@ -115,7 +128,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--cache-dir",
         default=None,
-        help="engine cache (default $XDG_CACHE_HOME/edge-agent, else .cache/edge-agent)",
+        metavar="DIR",
+        help=cache_dir_help(),
     )
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
     p.add_argument(
@@ -125,4 +139,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="time budget of the validation gate's latency measurement (default 3)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_override_args(p)
     p.set_defaults(handler=_cmd_build)

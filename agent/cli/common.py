@@ -8,13 +8,33 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-__all__ = ["format_table", "positive_float", "print_json"]
+from agent.core.errors import EdgeAgentError
+from agent.core.logs import console_format, wants_color
+
+__all__ = ["format_table", "positive_float", "print_error", "print_json"]
 
 
 def print_json(data: Any, stream: IO[str] | None = None, *, indent: int | None = 2) -> None:
     """``data`` as JSON (one line with ``indent=None``) on ``stream`` (default stdout), flushed."""
     out = stream if stream is not None else sys.stdout
     out.write(json.dumps(data, indent=indent, default=str) + "\n")
+    out.flush()
+
+
+def print_error(exc: EdgeAgentError, stream: IO[str] | None = None) -> None:
+    """A user error as ``edge-agent: error: ...``: one line (its ``fix`` in brackets) for logs
+    and pipes; on a terminal in the text log format, the fix on a line of its own, in colour
+    unless ``NO_COLOR``."""
+    out = stream if stream is not None else sys.stderr
+    if console_format() != "text" or exc.fix is None:
+        out.write(f"edge-agent: error: {exc}\n")
+        out.flush()
+        return
+    color = wants_color(out)
+    what = f"{exc.path}: {exc.message}" if exc.path else exc.message
+    label = "\x1b[31;1merror:\x1b[0m" if color else "error:"
+    fix = "\x1b[32;1mfix:\x1b[0m" if color else "fix:"
+    out.write(f"edge-agent: {label} {what}\n  {fix} {exc.fix}\n")
     out.flush()
 
 

@@ -1,4 +1,8 @@
-"""``edge-agent infer ARTIFACT INPUT...``: run images or ``.npy`` tensors, print decoded results.
+"""``edge-agent infer MODEL INPUT...``: run images or ``.npy`` tensors, print decoded results.
+
+MODEL is an artifact directory, an ``.onnx`` (built on the fly) or a TensorRT plan
+(:mod:`agent.cli.artifacts`); a bare plan has no bundle, so it takes float ``.npy`` tensors
+as they are and prints the raw outputs' shapes (``--out`` keeps them).
 
 Images (and uint8 ``.npy`` frames) are preprocessed with the bundle's input spec; an image
 smaller than :data:`~agent.vision.letterbox.MIN_FRAME_SIDE` pixels per side is refused (exit 2)
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import Runner
-from agent.cli.artifacts import dla_core, load_with_backend
+from agent.cli.artifacts import add_model_args, dla_core, open_model
 from agent.cli.common import print_json
 from agent.config.model import ModelBundleConfig
 from agent.core.errors import ArtifactError, ModelError
@@ -156,16 +160,58 @@ def _infer_one(runner: Runner, path: Path, model: _Model, out_dir: Path | None) 
     return item
 
 
+def _infer_raw(runner: Runner, path: Path, out_dir: Path | None) -> dict[str, Any]:
+    """A bare plan: a float ``.npy`` tensor into its only input, raw outputs out."""
+    if path.suffix.lower() != ".npy" or not path.is_file():
+        raise ModelError(
+            "a bare TensorRT plan has no model.yaml to preprocess images with; give a "
+            "preprocessed float .npy tensor",
+            fix="save the input tensor with numpy.save, or infer the artifact directory or the "
+            ".onnx (their bundle says how to preprocess images)",
+            path=path,
+        )
+    if len(runner.inputs) != 1:
+        raise ModelError(
+            f"the plan has inputs {[t.name for t in runner.inputs]}; infer feeds one",
+            fix="use a model with one input",
+            path=path,
+        )
+    spec = runner.inputs[0]
+    tensor = np.ascontiguousarray(load_image_or_npy(path), dtype=np.dtype(spec.dtype))
+    started = time.perf_counter()
+    outputs = runner.infer({spec.name: tensor})
+    item: dict[str, Any] = {
+        "input": str(path),
+        "task": "raw",
+        "latency_ms": round((time.perf_counter() - started) * 1000.0, 3),
+        "outputs": {k: list(v.shape) for k, v in outputs.items()},
+    }
+    if out_dir is not None:
+        item["saved"] = _save_outputs(out_dir, path, outputs)
+    return item
+
+
 def _cmd_infer(args: argparse.Namespace) -> int:
-    artifact, backend = load_with_backend(args.artifact)
-    model = _model_of(artifact)
+    loaded = open_model(args)
+    artifact, backend = loaded.artifact, loaded.backend
+    model = None if loaded.bare_plan else _model_of(artifact)
     out_dir = Path(args.out) if args.out else None
     runner = backend.runner(
         artifact.dir, artifact.main_file, threads=args.threads, dla_core=dla_core(artifact)
     )
     with runner:
-        results = [_infer_one(runner, Path(raw), model, out_dir) for raw in args.inputs]
-    doc = {"artifact": str(artifact.dir), "precision": artifact.precision, "results": results}
+        results = [
+            _infer_raw(runner, Path(raw), out_dir)
+            if model is None
+            else _infer_one(runner, Path(raw), model, out_dir)
+            for raw in args.inputs
+        ]
+    doc = {
+        "artifact": str(artifact.dir),
+        "source": loaded.source,
+        "precision": artifact.precision,
+        "results": results,
+    }
     if out_dir is not None:
         atomic_write_json(out_dir / "results.json", doc)
     if args.json:
@@ -194,10 +240,15 @@ def _print_results(results: Sequence[dict[str, Any]]) -> None:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``infer`` to the ``edge-agent`` parser."""
-    p = sub.add_parser("infer", help="run images or .npy tensors through an engine artifact")
-    p.add_argument("artifact", help="artifact directory (printed by build)")
+    p = sub.add_parser(
+        "infer",
+        help="run images or .npy tensors through a model",
+        description="Run images or .npy tensors through an artifact directory, an .onnx (built "
+        "on the fly) or a TensorRT plan, and print the decoded results.",
+    )
+    add_model_args(p, "run")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or .npy arrays")
     p.add_argument("--out", default=None, help="write raw outputs (.npy) and results.json here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON document")
     p.set_defaults(handler=_cmd_infer)

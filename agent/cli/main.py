@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from agent import __version__
 from agent.cli import (
@@ -26,7 +27,10 @@ from agent.cli import (
     profile,
     quantize,
     run,
+    schema,
 )
+from agent.cli.common import print_error
+from agent.cli.helpfmt import Parser
 from agent.core.errors import EdgeAgentError
 from agent.core.logs import configure_logging
 
@@ -36,6 +40,7 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 #: command group → the function that adds its commands, in ``--help`` order
 COMMAND_GROUPS: tuple[tuple[str, Register], ...] = (
     ("validate-config", config.register),
+    ("schema", schema.register),
     ("profile", profile.register),
     ("build", build.register),
     ("quantize", quantize.register),
@@ -59,9 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
-        help="log level of the JSON log lines (stderr for one-shot commands)",
+        help="log level (stderr for one-shot commands, stdout for run; default: warning)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "text"],
+        help="log lines as JSON (journald, pipes) or text (a terminal); default auto",
+    )
+    # every subcommand's parser is a Parser (help shows defaults); registrars take the base type
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser),
+    )
     sub.required = True
     for _group, register in COMMAND_GROUPS:
         register(sub)
@@ -71,12 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, stream=sys.stderr)
+    configure_logging(args.log_level, stream=sys.stderr, fmt=args.log_format)
     handler: Handler = args.handler
     try:
         return handler(args)
     except EdgeAgentError as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edge-agent: interrupted", file=sys.stderr)

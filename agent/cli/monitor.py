@@ -1,9 +1,13 @@
 """``edge-agent monitor``: live power, temperature and memory readings, and the governor's view.
 
-On a TTY the readings refresh in place as a table; otherwise (or with ``--json``) each sample is
-one JSON line: ``Sample.to_json()`` plus a ``governor`` object (state, decision, the events this
-sample caused). ``--once --json`` prints one sample and exits 0. Nothing is throttled: the command
-shows what the governor *would* decide for this board's profile (no pipeline → no fps cap stage).
+On a TTY the readings are redrawn in place as a table (cursor up, no screen clear); otherwise (or
+with ``--json``) each sample is one JSON line: ``Sample.to_json()`` plus a ``governor`` object
+(state, decision, the events this sample caused). ``--once --json`` prints one sample and exits 0.
+Nothing is throttled: the command shows what the governor *would* decide for this board's profile
+(no pipeline → no fps cap stage).
+
+``--attach [URL]`` shows the running daemon's own governor and pipeline figures instead, from its
+Prometheus endpoint (:mod:`agent.cli.monitor_attach`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 
 from agent.cli.common import format_table
+from agent.cli.monitor_attach import SERVICE_CONFIG, run_attach
+from agent.cli.monitor_attach_view import InPlace
 from agent.config.device import DeviceProfile
 from agent.config.load import resolve_profile
 from agent.core.errors import EdgeAgentError
@@ -29,7 +35,6 @@ from agent.monitor.select import open_source
 
 __all__ = ["register", "render_table", "sample_line"]
 
-_CLEAR = "\x1b[H\x1b[2J"
 _SOURCES = ("auto", "jtop", "sysfs", "host")
 
 
@@ -117,6 +122,8 @@ def render_table(
     board = _fmt(sample.board_power_w, ".2f", " W")
     if budget is not None:
         board += f" / budget {budget:g} W"
+    if sample.board_power_limit_w is not None:
+        board += f" (board limit {sample.board_power_limit_w:g} W)"
     rows.append(["power", "board input", board])
     rows.extend(["power", rail, _fmt(w, ".2f", " W")] for rail, w in sorted(sample.power_w.items()))
     rows.extend(["temp", zone, _fmt(c, ".1f", " °C")] for zone, c in sorted(sample.temps_c.items()))
@@ -147,7 +154,7 @@ def _emit(
     governor: Governor,
     *,
     as_json: bool,
-    refresh: bool,
+    screen: InPlace | None,
     how: str,
 ) -> None:
     events = governor.update(sample)
@@ -155,11 +162,16 @@ def _emit(
         out.write(json.dumps(sample_line(sample, governor, events), default=str) + "\n")
     else:
         text = render_table(sample, governor, events, how=how)
-        out.write((_CLEAR if refresh else "") + text + "\n")
+        if screen is not None:  # redrawn in place: the cursor goes back up, no screen clear
+            screen.draw(text.splitlines())
+        else:
+            out.write(text + "\n")
     out.flush()
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
+    if args.attach is not None:
+        return run_attach(args)
     out = sys.stdout
     if args.interval is not None and not args.interval > 0:
         raise MonitorArgumentError(
@@ -173,7 +185,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     count = 1 if args.once else args.count
     tty = out.isatty()
     as_json = args.json or not tty
-    refresh = tty and not as_json and count != 1
+    screen = InPlace(out) if tty and not as_json and count != 1 else None
     governor = Governor(profile, max_fps=None)
     source = _open_source(profile, root, args.source)
     try:
@@ -183,7 +195,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
             # (a quarter second later) reports them.
             sampler.read_once()
             time.sleep(_ONCE_PRIME_S)
-            _emit(out, sampler.read_once(), governor, as_json=as_json, refresh=False, how=how)
+            _emit(out, sampler.read_once(), governor, as_json=as_json, screen=None, how=how)
             return 0
         samples: queue.Queue[Sample] = queue.Queue(maxsize=64)
 
@@ -201,7 +213,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
                     sample = samples.get(timeout=max(1.0, 5 * interval))
                 except queue.Empty:
                     continue
-                _emit(out, sample, governor, as_json=as_json, refresh=refresh, how=how)
+                _emit(out, sample, governor, as_json=as_json, screen=screen, how=how)
                 shown += 1
         except KeyboardInterrupt:
             print("", file=sys.stderr)  # end the refreshing table's line; exit 0 below
@@ -225,7 +237,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="seconds between samples (default: the profile's monitor.interval_s)",
+        help="seconds between samples (default: the profile's monitor.interval_s; 2 with --attach)",
     )
     parser.add_argument(
         "--source", choices=_SOURCES, default="auto", help="where readings come from"
@@ -240,4 +252,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--profiles-dir", default=None, help="directory of profile YAMLs (default: bundled)"
     )
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N samples")
+    _add_attach_args(parser)
     parser.set_defaults(handler=_cmd_monitor)
+
+
+def _add_attach_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the running daemon (--attach)")
+    group.add_argument(
+        "--attach",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="show the running daemon's governor and pipeline figures from its Prometheus "
+        "endpoint instead of reading this board (default URL: metrics.host:metrics.port of "
+        "--config; the daemon needs metrics.enabled: true)",
+    )
+    group.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help=f"the daemon's agent config (default: {SERVICE_CONFIG} if present, else the "
+        "embedded default's 127.0.0.1:9108)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="seconds to wait for the endpoint per scrape (default: 3)",
+    )
+    group.add_argument(
+        "--wait",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="with --once: seconds to wait for the daemon's first report (default: 15)",
+    )

@@ -10,12 +10,23 @@ from pathlib import Path
 import yaml
 
 from agent.cli.common import format_table
+from agent.config.device import DeviceProfile
 from agent.config.profiles.detect import detect
 from agent.config.profiles.store import ProfileStore
 
 
 def _store(args: argparse.Namespace) -> ProfileStore:
     return ProfileStore(Path(args.profiles_dir) if args.profiles_dir else None)
+
+
+def _modes(profile: DeviceProfile) -> str:
+    """``15W,25W`` per nvpmodel mode; ``70W budget`` for a profile that lists no modes but caps
+    the board (agx-thor-t4000)."""
+    modes = ",".join(f"{m.budget_w:g}W" for m in profile.identity.power_modes)
+    budget = profile.monitor.power_budget_w
+    if not modes and budget is not None:
+        return f"{budget:g}W budget"
+    return modes or "-"
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -30,6 +41,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             [
                 p.name,
                 ident.family,
+                ",".join(ident.jetpack) or "-",
                 f"{ident.memory_mib // 1024} GiB" if ident.memory_mib >= 1024 else "<1 GiB",
                 ident.gpu_compute_capability or "-",
                 str(ident.dla_cores),
@@ -38,7 +50,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 str(p.runtime.streams),
                 f"{shapes.batch.min}-{shapes.batch.max}",
                 f"{shapes.height.max}x{shapes.width.max}",
-                ",".join(f"{m.budget_w:g}W" for m in ident.power_modes) or "-",
+                _modes(p),
             ]
         )
     print(
@@ -46,6 +58,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             [
                 "NAME",
                 "FAMILY",
+                "JETPACK",
                 "MEMORY",
                 "SM",
                 "DLA",
@@ -74,17 +87,19 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     result = detect(Path(args.root), _store(args))
+    board = result.board
     if args.json:
-        print(
-            json.dumps(
-                {"profile": result.profile, "reason": result.reason, "board": asdict(result.board)},
-                indent=2,
-                default=str,
-            )
-        )
+        data = {
+            "profile": result.profile,
+            "reason": result.reason,
+            "board": {**asdict(board), "soc": board.soc, "jetpack": board.jetpack},
+        }
+        print(json.dumps(data, indent=2, default=str))
     else:
         print(f"profile: {result.profile}")
         print(f"reason:  {result.reason}")
+        if board.l4t_release is not None:
+            print(f"jetpack: {board.jetpack or 'unknown'} (L4T R{board.l4t_release})")
     return 0
 
 

@@ -1,11 +1,15 @@
 """``edge-agent run``: the agent's daemon (:mod:`agent.app.lifecycle`) from the command line.
 
 With no arguments it runs the embedded default (``agent/data/agent.default.yaml``): the CPU
-profile, the bundled detector and the bundled sample video. A stats line (fps per source,
-latency p50/p99 per stage, drops) is logged every ``--stats-interval`` seconds as a JSON line on
-stdout (journald keeps it); SIGINT/SIGTERM stop the sources, drain in-flight frames and exit 0;
-SIGHUP reloads the configuration. Under systemd it speaks sd_notify (READY, STATUS, WATCHDOG,
-STOPPING, RELOADING). Exit codes: see :class:`agent.app.exits.ExitCode`.
+profile, the bundled detector and the bundled sample video. Every ``--stats-interval`` seconds a
+stats line per model (fps and drops per source, latency p50/p99, governor state, power and
+temperature where known) goes to stdout: a short text line on a terminal, shown at any
+``--log-level`` (it is the command's output), a trimmed JSON record in the journal or a pipe
+(``--log-format`` overrides; the full figures go to MQTT/Prometheus). SIGINT/SIGTERM stop the
+sources, drain in-flight frames, log a summary (frames, fps, drops, latency, uptime) and exit 0;
+a second Ctrl-C stops waiting for the drain (exit 130). SIGHUP reloads the configuration. Under
+systemd it speaks sd_notify (READY, STATUS, WATCHDOG, STOPPING, RELOADING). Exit codes: see
+:class:`agent.app.exits.ExitCode`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from agent.app.runconfig import DaemonOptions
 from agent.app.service import build_service
 from agent.cli.progress import ProgressPrinter
 from agent.config.broker import MqttConfig
+from agent.config.cachedir import cache_dir_help
 
 __all__ = ["RunError", "options_from_args", "register"]
 
@@ -85,7 +90,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="replace the config's sources (file, folder, /dev/videoN, rtsp://, http://, "
         "a GStreamer pipeline, or 'synthetic'); repeatable; all run the first model",
     )
-    parser.add_argument("--cache-dir", default=None, help="engine cache (default: the config's)")
+    parser.add_argument(
+        "--cache-dir", default=None, metavar="DIR", help=cache_dir_help(config=True)
+    )
     parser.add_argument("--workers", type=int, default=None, help="override runtime.streams")
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     parser.add_argument(
@@ -136,5 +143,6 @@ def _add_output_args(parser: argparse.ArgumentParser) -> None:
         dest="log_level_run",
         default=None,
         choices=["debug", "info", "warning", "error"],
-        help="override the config's logging.level",
+        help="override the config's logging.level (on a terminal the stats lines and the "
+        "summary show at any level)",
     )

@@ -242,10 +242,12 @@ class AgentConfig(Strict):
         title="State directory",
         description="Persistent state (active model, OTA, spool).",
     )
-    cache_dir: Path = Field(
-        default=Path("/var/cache/edge-agent"),
+    cache_dir: Path | None = Field(
+        default=None,
         title="Cache directory",
-        description="Engine cache and timing caches.",
+        description="Engine cache and timing caches. Default: the one every command uses "
+        "($EDGE_AGENT_CACHE_DIR, systemd's $CACHE_DIRECTORY, $XDG_CACHE_HOME/edge-agent, "
+        "/var/cache/edge-agent as root or edge-agent, else ~/.cache/edge-agent).",
     )
     models: Annotated[list[ModelRef], Field(min_length=1)] = Field(
         title="Models", description="Models this device serves."

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 Precision = Literal["int8", "fp16", "fp32"]
 Backend = Literal["tensorrt", "onnxruntime"]
 CalibrationMethod = Literal["entropy", "minmax", "percentile"]
-Family = Literal["orin-nano", "orin-nx", "agx-orin", "xavier-nx", "cpu"]
+Family = Literal["orin-nano", "orin-nx", "agx-orin", "agx-thor", "cpu"]
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 """Names of profiles, models, sources, devices, fleets and groups."""

@@ -13,9 +13,11 @@ class PowerMode(Strict):
     name: str = Field(
         min_length=1, title="Name", description="The mode's name as nvpmodel prints it."
     )
+    # Up to 200 W: Jetson T5000's MAXN module budget is 130 W (Jetson Thor Series Modules Data
+    # Sheet, "Total Module Power"), and Thor boards throttle at a VIN limit of about 168 W.
     budget_w: float = Field(
         gt=0,
-        le=100,
+        le=200,
         title="Power budget (W)",
         description="Module power budget of this mode; the governor keeps board input below it.",
     )

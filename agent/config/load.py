@@ -1,7 +1,9 @@
 """Loading configuration the way ``edge-agent run`` does: exactly the checks it makes.
 
 :func:`validate_file` is what ``edge-agent validate-config`` reports and what the daemon refuses
-to start on; :func:`load_run_config` validates ``agent.yaml`` and resolves its paths;
+to start on: the schema, then the checks of :mod:`agent.config.checks` (both commands call it
+through :mod:`agent.app.preflight`, which supplies the deep probes); :func:`load_run_config`
+validates ``agent.yaml`` the same way and resolves its paths;
 :func:`resolve_profile` picks the device profile (``auto`` detects the board);
 :func:`load_fleet_config` does for ``fleet.yaml`` (the controller) what ``load_run_config`` does
 for ``agent.yaml``.
@@ -9,25 +11,36 @@ for ``agent.yaml``.
 
 from __future__ import annotations
 
-import difflib
 import importlib.resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 
 from agent.config.agent import AgentConfig, SourceConfig
 from agent.config.broker import MqttConfig
+from agent.config.checks import (
+    AgentView,
+    Probes,
+    RunOverrides,
+    agent_issues,
+    bundle_issues,
+    fleet_issues,
+    profile_name_issues,
+    resolve_path,
+)
 from agent.config.device import DeviceProfile
-from agent.config.fleet import FleetConfig, PostgresStoreConfig, SqliteStoreConfig
+from agent.config.fleet import FleetConfig, SqliteStoreConfig
 from agent.config.model import ModelBundleConfig
 from agent.config.profiles.board import read_board
 from agent.config.profiles.detect import detect
 from agent.config.profiles.store import ProfileStore
+from agent.config.profiles.support import refuse_unsupported
 from agent.config.yaml import YamlDoc, load_model_file, read_yaml, validate_doc
-from agent.core.errors import ConfigError, ConfigIssue, EdgeAgentError
+from agent.core.errors import ConfigError, ConfigIssue
 
 Kind = Literal["agent", "profile", "model", "fleet"]
+KINDS: tuple[Kind, ...] = ("agent", "profile", "model", "fleet")
 SCHEMAS: dict[Kind, type[BaseModel]] = {
     "agent": AgentConfig,
     "profile": DeviceProfile,
@@ -60,109 +73,59 @@ def guess_kind(path: Path, data: Any) -> Kind:
     return "agent"
 
 
-def _profile_reference(doc: YamlDoc, cfg: AgentConfig) -> list[ConfigIssue]:
-    """The named profile exists in the profile store."""
-    if cfg.profile == "auto":
-        return []
-    issues: list[ConfigIssue] = []
-    try:
-        names = ProfileStore().names()
-    except EdgeAgentError as exc:
-        names = []
-        issues.append(ConfigIssue(doc.path, doc.line_of(("profile",)), "profile", str(exc)))
-    if names and cfg.profile not in names:
-        close = difflib.get_close_matches(cfg.profile, names, n=2, cutoff=0.4)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        issues.append(
-            ConfigIssue(
-                doc.path,
-                doc.line_of(("profile",)),
-                "profile",
-                f"unknown profile '{cfg.profile}'; {hint}known profiles: "
-                f"{', '.join(names)} (or 'auto' to detect the board)",
-            )
-        )
-    return issues
-
-
-def _missing_file(
-    doc: YamlDoc, loc: tuple[str, ...], value: Path | None, base: Path
+def _kind_issues(
+    kind: Kind,
+    doc: YamlDoc,
+    model: BaseModel | None,
+    probes: Probes | None,
+    overrides: RunOverrides | None,
 ) -> list[ConfigIssue]:
-    if value is None:
-        return []
-    full = value if value.is_absolute() else base / value
-    if full.is_file():
-        return []
-    message = f"file '{full}' does not exist; fix the path or remove the key"
-    return [ConfigIssue(doc.path, doc.line_of(loc), ".".join(loc), message)]
+    """The checks beyond the schema (:mod:`agent.config.checks`); ``model`` is None when the
+    schema failed (then the sections that validate on their own are still checked)."""
+    path = Path(doc.path)
+    base = path.parent
+    if kind == "agent":
+        if isinstance(model, AgentConfig):
+            view = AgentView.of(model)
+        elif isinstance(doc.data, dict):
+            view = AgentView.partial(cast("dict[str, Any]", doc.data))
+        else:
+            return []
+        return agent_issues(doc, view, base, probes=probes, overrides=overrides)
+    if kind == "profile":
+        return profile_name_issues(doc, doc.data, path)
+    if kind == "fleet" and isinstance(model, FleetConfig):
+        return fleet_issues(doc, model, base)
+    if kind == "model" and model is not None:
+        return bundle_issues(doc, path, probes)
+    return []
 
 
-def _tls_references(doc: YamlDoc, mqtt: MqttConfig, base: Path) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
-    if mqtt.tls is not None:
-        for field in ("ca_file", "cert_file", "key_file"):
-            value: Path | None = getattr(mqtt.tls, field)
-            issues.extend(_missing_file(doc, ("mqtt", "tls", field), value, base))
-    return issues
-
-
-def _fleet_references(doc: YamlDoc, cfg: FleetConfig, base: Path) -> list[ConfigIssue]:
-    """TLS files, the API token file and the PostgreSQL DSN file exist."""
-    issues = _tls_references(doc, cfg.mqtt, base)
-    issues.extend(_missing_file(doc, ("api", "token_file"), cfg.api.token_file, base))
-    if isinstance(cfg.store, PostgresStoreConfig):
-        issues.extend(_missing_file(doc, ("store", "dsn_file"), cfg.store.dsn_file, base))
-    return issues
-
-
-def _file_references(doc: YamlDoc, cfg: AgentConfig, base: Path) -> list[ConfigIssue]:
-    """Model bundles and TLS files exist (relative paths are relative to the file)."""
-    issues: list[ConfigIssue] = []
-    for index, model in enumerate(cfg.models):
-        bundle = model.bundle if model.bundle.is_absolute() else base / model.bundle
-        if not (bundle / "model.yaml").is_file() and not (
-            bundle.is_file() and bundle.suffix in (".yaml", ".yml")
-        ):
-            issues.append(
-                ConfigIssue(
-                    doc.path,
-                    doc.line_of(("models", index, "bundle")),
-                    f"models.{index}.bundle",
-                    f"no model.yaml in '{bundle}'; point bundle at a directory holding "
-                    "model.yaml and the ONNX file",
-                )
-            )
-    issues.extend(_tls_references(doc, cfg.mqtt, base))
-    return issues
-
-
-def validate_file(path: Path, kind: Kind | None = None) -> tuple[Kind | None, list[ConfigIssue]]:
-    """Validate one file; returns the schema used and the problems found (empty = valid)."""
+def validate_file(
+    path: Path,
+    kind: Kind | None = None,
+    *,
+    probes: Probes | None = None,
+    overrides: RunOverrides | None = None,
+) -> tuple[Kind | None, list[ConfigIssue]]:
+    """Validate one file: every schema error and every check of :mod:`agent.config.checks`
+    (``probes`` do the deep ones: :func:`agent.app.preflight.validate_file` passes them).
+    Returns the schema used and the problems found (empty = valid)."""
     try:
         doc = read_yaml(path)
     except ConfigError as exc:
         return None, exc.issues
     chosen = kind or guess_kind(path, doc.data)
+    model: BaseModel | None = None
+    issues: list[ConfigIssue] = []
     try:
         model = validate_doc(doc, SCHEMAS[chosen])
     except ConfigError as exc:
-        return chosen, exc.issues
-    issues: list[ConfigIssue] = []
-    if isinstance(model, DeviceProfile) and model.name != path.stem:
-        issues.append(
-            ConfigIssue(
-                doc.path,
-                doc.line_of(("name",)),
-                "name",
-                f"profile name '{model.name}' differs from the file name '{path.stem}'; "
-                f"rename one so they match",
-            )
-        )
-    if isinstance(model, AgentConfig):
-        issues.extend(_profile_reference(doc, model))
-        issues.extend(_file_references(doc, model, path.parent))
-    if isinstance(model, FleetConfig):
-        issues.extend(_fleet_references(doc, model, path.parent))
+        issues.extend(exc.issues)
+    if isinstance(doc.data, dict):
+        issues.extend(_kind_issues(chosen, doc, model, probes, overrides))
+    # this file's problems in line order, then those of the files it names (model.yaml...)
+    issues.sort(key=lambda i: (i.file != doc.path, i.file, i.line))
     return chosen, issues
 
 
@@ -171,14 +134,31 @@ def default_config_path() -> Path:
     return Path(str(importlib.resources.files("agent") / "data" / DEFAULT_CONFIG))
 
 
-def _resolve(path: Path, base: Path) -> Path:
-    path = path.expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+_resolve = resolve_path
 
 
-def load_run_config(path: Path) -> AgentConfig:
-    """Validate ``path`` (located errors, references checked) and resolve its paths."""
-    _kind, issues = validate_file(path, "agent")
+def _resolve_mqtt(mqtt: MqttConfig, base: Path) -> MqttConfig:
+    """The TLS and password files relative to ``base``."""
+    if mqtt.password_file is not None:
+        mqtt = mqtt.model_copy(update={"password_file": _resolve(mqtt.password_file, base)})
+    if mqtt.tls is None:
+        return mqtt
+    tls = mqtt.tls.model_copy(
+        update={
+            f: _resolve(v, base)
+            for f in ("ca_file", "cert_file", "key_file")
+            if (v := getattr(mqtt.tls, f)) is not None
+        }
+    )
+    return mqtt.model_copy(update={"tls": tls})
+
+
+def load_run_config(
+    path: Path, *, probes: Probes | None = None, overrides: RunOverrides | None = None
+) -> AgentConfig:
+    """Validate ``path`` as :func:`validate_file` does (all problems in one
+    :class:`ConfigError`) and resolve its paths relative to the file's directory."""
+    _kind, issues = validate_file(path, "agent", probes=probes, overrides=overrides)
     if issues:
         raise ConfigError(issues)
     cfg = load_model_file(path, AgentConfig)
@@ -198,12 +178,15 @@ def load_run_config(path: Path) -> AgentConfig:
         else s
         for s in cfg.sources
     ]
+    ota = cfg.ota.model_copy(update={"trust_dir": _resolve(cfg.ota.trust_dir, base)})
     return cfg.model_copy(
         update={
             "models": models,
             "sources": sources,
+            "mqtt": _resolve_mqtt(cfg.mqtt, base),
+            "ota": ota,
             "state_dir": _resolve(cfg.state_dir, base),
-            "cache_dir": _resolve(cfg.cache_dir, base),
+            "cache_dir": None if cfg.cache_dir is None else _resolve(cfg.cache_dir, base),
         }
     )
 
@@ -224,21 +207,11 @@ def load_fleet_config(path: Path) -> FleetConfig:
     api = cfg.api
     if api.token_file is not None:
         api = api.model_copy(update={"token_file": _resolve(api.token_file, base)})
-    mqtt = cfg.mqtt
-    if mqtt.tls is not None:
-        tls = mqtt.tls.model_copy(
-            update={
-                f: _resolve(v, base)
-                for f in ("ca_file", "cert_file", "key_file")
-                if (v := getattr(mqtt.tls, f)) is not None
-            }
-        )
-        mqtt = mqtt.model_copy(update={"tls": tls})
     return cfg.model_copy(
         update={
             "store": store,
             "api": api,
-            "mqtt": mqtt,
+            "mqtt": _resolve_mqtt(cfg.mqtt, base),
             "state_dir": _resolve(cfg.state_dir, base),
         }
     )
@@ -275,4 +248,7 @@ def resolve_profile(
     if name == "auto":
         found = detect(root, store)
         return store.load(found.profile), found.board.l4t_release, found.reason
-    return store.load(name), read_board(root).l4t_release, f"--profile {name}"
+    profile, board = store.load(name), read_board(root)
+    if profile.build.backend == "tensorrt":  # a named Jetson profile on JetPack 5 or a Xavier
+        refuse_unsupported(board)
+    return profile, board.l4t_release, f"--profile {name}"

@@ -65,7 +65,7 @@ FALLBACK_HELDOUT = 32
 ADD_FRAMES_FIX = (
     "copy at least the profile's calibration frames + held-out frames (96 for most profiles) "
     "JPEGs from this device's cameras here, scenes like the ones the model will see "
-    "(calib/README.md says how)"
+    "(agent/data/calib/README.md says how)"
 )
 
 

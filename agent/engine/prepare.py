@@ -286,13 +286,20 @@ def _load_external(model: ModelProto, path: Path, locations: list[str]) -> None:
 
 
 def prepare(
-    bundle: ModelBundle, profile: DeviceProfile, work_dir: Path, *, static: bool = False
+    bundle: ModelBundle,
+    profile: DeviceProfile,
+    work_dir: Path,
+    *,
+    static: bool = False,
+    dynamic_batch: bool = False,
 ) -> PreparedModel:
     """Check, upgrade, shape and fold the bundle's ONNX file into ``work_dir/prepared.onnx``.
 
     ``static=True`` pins every dynamic dimension of the image input to the profile's ``opt``
     shape (what calibration and static engines need); otherwise only dimensions whose
-    min == max are pinned. Raises :class:`ModelError` naming the file and the fix.
+    min == max are pinned. ``dynamic_batch=True`` leaves the batch axis out of ``static``
+    (ONNX Runtime runs any batch; it is still pinned when the profile's min == max).
+    Raises :class:`ModelError` naming the file and the fix.
     """
     path, work_dir = bundle.onnx_path, Path(work_dir)
     notes: list[str] = []
@@ -308,7 +315,10 @@ def prepare(
     vi, dims = _image_input(model, bundle, path)
     shapes = _shapes(bundle, profile, dims, notes)
     pin: list[int | None] = [
-        shapes.opt[i] if static or shapes.min[i] == shapes.max[i] else None for i in range(4)
+        shapes.opt[i]
+        if (static and not (dynamic_batch and i == 0)) or shapes.min[i] == shapes.max[i]
+        else None
+        for i in range(4)
     ]
     axes = pin_axes(model.graph, vi, pin)
     folded = _fold(model, bundle.config.keep_float, notes)

@@ -9,13 +9,18 @@ Temperatures
     fan driver's estimate (the Xavier/L4T device-tree node of that name), a weighted mix of
     the real zones rather than a sensor; counting it would only repeat (and lag) the zones it
     is made from. Issue 19 item 8; to confirm on a board.
-Board power on boards without a ``VDD_IN`` rail (AGX Orin)
+Board input rail
+    ``VIN`` (the INA238 on AGX Thor's carrier, jetson-stats PR #900 prefers it to every other
+    rail), else ``VDD_IN`` / ``POM_5V_IN`` (jetson-stats ``jtop/core/power.py``, ``total_power``).
+Board power on boards without an input rail (AGX Orin; a Thor carrier without the INA238)
     jetson-stats sums every rail (``jtop/core/power.py``, ``total_power``). On AGX Orin that sum
     includes ``VIN_SYS_5V0``, the 5 V system supply the module hands to the carrier's
     peripherals (USB, fan, NVMe, camera; the "System 5V Supply Monitor" of the AGX design guide,
     DG-09840-001 "Power Monitor"), so it is load the nvpmodel *module* budget does not cover.
     The module sum is ``VDD_GPU_SOC + VDD_CPU_CV + VDDQ_VDD2_1V8AO``; ``VIN_SYS_5V0`` stays
-    in the per-rail telemetry.
+    in the per-rail telemetry. Thor's INA3221 has the same ``VIN_SYS_5V0`` channel (next to
+    ``VDD_GPU`` and ``VDD_CPU_SOC_MSS``, as ``tegrastats`` prints them there), so the same rule
+    gives ``VDD_GPU + VDD_CPU_SOC_MSS`` on a Thor whose board input is not measured.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ EXCLUDED_ZONES = frozenset({"PMIC-Die", "thermal-fan-est"})
 EXCLUDED_JTOP_ZONES = frozenset({"PMIC", "thermal"})
 #: Rails outside the module budget, left out of the summed board power.
 CARRIER_RAILS = frozenset({"VIN_SYS_5V0"})
+#: Rails that carry the board input, in order of preference.
+BOARD_INPUT_RAILS = ("VIN", "VDD_IN", "POM_5V_IN")
 
 
 def soc_zones(temps: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -41,3 +48,11 @@ def module_power_sum(rails: Mapping[str, float | None]) -> float | None:
     if not module or any(v is None for v in module):
         return None
     return sum(v for v in module if v is not None)
+
+
+def board_input_power(rails: Mapping[str, float | None]) -> float | None:
+    """The board input rail's power when the board has one, else the module rails' sum."""
+    for name in BOARD_INPUT_RAILS:
+        if name in rails:
+            return rails[name]
+    return module_power_sum(rails)

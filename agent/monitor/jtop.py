@@ -1,7 +1,8 @@
 """Readings from jtop (jetson-stats): the only module that imports ``jtop``, lazily.
 
 jtop's client talks to the ``jtop.service`` daemon over ``/run/jtop.sock``; the service reads the
-board. Names below are jetson-stats' own (checked against its source, tags 4.2.x/4.3.1 and 7.x):
+board. Names below are jetson-stats' own (checked against its source, tags 4.2.x/4.3.1 and
+7.0.0-7.2.0, and master after PR #900); both generations give the same dict shapes:
 
 * ``jtop.jtop(interval=1.0)``: a ``threading.Thread``; ``start()`` connects and raises
   ``JtopException`` ("The jtop.service is not active..." when the socket is missing or refuses)
@@ -9,9 +10,15 @@ board. Names below are jetson-stats' own (checked against its source, tags 4.2.x
   ``ok(spin=True)`` returns whether the reader thread still runs without blocking, and re-raises
   the error that stopped it ("Lost connection with jtop server", ``jtop._get_data``);
   ``close()`` stops it.
-* ``.power``: ``{'rail': {name: {'volt', 'curr', 'power', 'avg', 'online', ...}}, 'tot': {...}}``
-  in mV/mA/**mW**; ``tot`` is the ``VDD_IN``/``POM_5V_IN`` rail (moved out of ``rail`` and given a
-  ``'name'``) or the sum of all rails (``jtop/core/power.py``, ``total_power``).
+* ``.power``: ``{'rail': {name: {'type', 'volt', 'curr', 'power', 'avg', 'online', ...}}, 'tot':
+  {...}}`` in mV/mA/**mW**; ``tot`` is the ``VDD_IN``/``POM_5V_IN`` rail (after PR #900 also
+  Thor's INA238 ``VIN``, preferred), moved out of ``rail`` and given a ``'name'``, or else the
+  sum of every entry (``jtop/core/power.py``, ``total_power``). ``type`` is ``INA3221`` /
+  ``INA238`` for the monitors; ``/sys/class/power_supply`` entries (AGX Orin's USB-PD
+  ``ucsi-source-psy-*``) carry that supply's ``type`` file (``USB``...) or ``SYSTEM``
+  (``find_all_system_monitor``): supply status, not board rails, so they are skipped. 7.2.0 and
+  older do not read the INA238: Thor's ``VIN`` then comes from sysfs (:mod:`agent.monitor.ina238`),
+  as do its limit and alarm in every version.
 * ``.temperature``: ``{name: {'temp': °C, 'online': bool}}``; offline = -256
   (``jtop/core/temperature.py``, ``TEMPERATURE_OFFLINE``). Names are jtop's: ``cpu``, ``tj``...
 * ``.memory``: ``['RAM']['tot'|'used'|'free'|...]`` and ``['SWAP']['tot'|'used']`` in **kB**
@@ -19,7 +26,13 @@ board. Names below are jetson-stats' own (checked against its source, tags 4.2.x
   ``/proc/meminfo`` cannot be read: RAM pressure is MemAvailable, as in the sysfs source.
   Temperatures, power and CPU follow :mod:`agent.monitor.jetson_rules` and the sysfs source.
 * ``.gpu``: dict-like of GPUs, each ``['status']['load']`` in % (``jtop/core/gpu.py``:
-  ``float(load) / 10.0``).
+  ``float(load) / 10.0`` from sysfs). 7.x: on Thor the entry comes from NVML (name ``Thor``,
+  ``'power_control': 'nvml'``, load = ``nvmlDeviceGetUtilizationRates().gpu``;
+  ``nvml_read_gpu_status``). On a JetPack 7 Orin whose nvgpu devfreq node was not there yet when
+  the service started, 7.2.0 latches NVML too, where load is NotSupported and jtop reports its
+  ``DEFAULT_LOAD`` 0.0 (fixed after 7.2.0, "GPU usage stuck at 0 on JetPack 7.x Orin"): an NVML
+  entry named ``... (nvgpu)`` is not believed, and the load is read from sysfs instead
+  (:mod:`agent.monitor.gpu_load`), as it is when jtop has no GPU or no load.
 * ``.cpu``: ``{'total': {'user', 'nice', 'system', 'idle'}, 'cpu': [...]}`` in %.
 * ``.nvpmodel``: ``None`` or an ``NVPModel`` with ``.name`` / ``.id`` (``jtop/core/nvpmodel.py``).
 
@@ -44,8 +57,10 @@ from types import ModuleType
 from typing import Any
 
 from agent.core.errors import JtopUnavailable
+from agent.monitor.gpu_load import GpuLoadReader
 from agent.monitor.host import WarnOnce, read_memory
-from agent.monitor.jetson_rules import EXCLUDED_JTOP_ZONES, module_power_sum, soc_zones
+from agent.monitor.ina238 import read_board_input
+from agent.monitor.jetson_rules import EXCLUDED_JTOP_ZONES, board_input_power, soc_zones
 from agent.monitor.sample import MemorySample, Sample
 from agent.monitor.throttle import ThrottleReader
 
@@ -88,6 +103,11 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
+def _is_monitor(rail: Mapping[str, Any]) -> bool:
+    """An INA power monitor channel (``INA3221``, ``INA238``), not a power-supply entry."""
+    return str(rail.get("type", "INA")).upper().startswith("INA")
+
+
 class JtopSource:
     """Readings from the jtop service.
 
@@ -118,6 +138,9 @@ class JtopSource:
         self._warn = WarnOnce(log)
         # jtop reports no over-current counters: read them (and the cooling devices) from sysfs
         self._throttle = ThrottleReader(root, self._warn)
+        self._root = Path(root)
+        # GPU load when jtop's own cannot be believed (NVML on JetPack 7 Orin) or is missing
+        self._gpu_sysfs = GpuLoadReader(root, self._warn)
         try:
             self._factory = factory if factory is not None else _default_factory(interval)
         except JtopUnavailable as exc:
@@ -184,15 +207,22 @@ class JtopSource:
         if not self._alive():
             return Sample(ts=self._wall(), source=self.name, throttling=throttling)
         client = self._client
-        rails, board = self._field("power", client, self._power, ({}, None))
+        rails: dict[str, float | None] = self._field("power", client, self._power, {})
+        vin = read_board_input(self._root, self._warn)
+        if vin is not None:
+            # Thor: jetson-stats <= 7.2.0 does not read the INA238; master names it "VIN" too
+            rails.setdefault(vin.name, vin.power_w)
+            if vin.alarm is not None:
+                throttling["vin_alarm"] = vin.alarm
         return Sample(
             ts=self._wall(),
             source=self.name,
             power_w=rails,
-            board_power_w=board,
+            board_power_w=board_input_power(rails),
+            board_power_limit_w=None if vin is None else vin.limit_w,
             temps_c=self._field("temperature", client, self._temps, {}),
             memory=self._read_memory(client),
-            gpu_load_pct=self._field("gpu", client, self._gpu, None),
+            gpu_load_pct=self._gpu_load(client),
             cpu_load_pct=self._field("cpu", client, self._cpu, None),
             power_mode=self._field("nvpmodel", client, self._mode, None),
             throttling=throttling,
@@ -208,26 +238,24 @@ class JtopSource:
         return value
 
     @staticmethod
-    def _power(client: Any) -> tuple[dict[str, float | None], float | None]:
+    def _power(client: Any) -> dict[str, float | None]:
+        """Rails in W, the board input rail included when jtop found one. Without one (AGX
+        Orin; Thor on jetson-stats <= 7.2.0) jtop's 'tot' sums every entry, USB-PD and the
+        carrier's VIN_SYS_5V0 included: it is not used; the caller applies the sysfs source's
+        rules (:func:`agent.monitor.jetson_rules.board_input_power`)."""
         power: Mapping[str, Any] = client.power or {}
         rails: dict[str, float | None] = {}
         for name, rail in (power.get("rail") or {}).items():
-            if rail.get("type") == "SYSTEM":
-                # /sys/class/power_supply entries (AGX Orin's USB-PD ``ucsi-source-psy-*``):
-                # jtop/core/power.py find_all_system_monitor() gives them type 'SYSTEM'; they
-                # are supply status, not board rails, yet total_power() sums them.
-                continue
+            if not _is_monitor(rail):
+                continue  # a /sys/class/power_supply entry (see the module docstring)
             mw = _num(rail.get("power"))
             rails[str(name)] = mw / 1000.0 if mw is not None and rail.get("online", True) else None
         tot = power.get("tot") or {}
-        if "name" not in tot:
-            # No VDD_IN (AGX Orin): jtop's 'tot' sums every entry, USB-PD and the carrier's
-            # VIN_SYS_5V0 included; use the module sum that the sysfs source uses.
-            return rails, module_power_sum(rails)
-        tot_mw = _num(tot.get("power"))
-        board = tot_mw / 1000.0 if tot_mw is not None else None
-        rails[str(tot["name"])] = board  # total_power() moved VDD_IN / POM_5V_IN out of 'rail'
-        return rails, board
+        if "name" in tot:
+            # total_power() moved VDD_IN / POM_5V_IN / VIN out of 'rail'
+            tot_mw = _num(tot.get("power"))
+            rails[str(tot["name"])] = tot_mw / 1000.0 if tot_mw is not None else None
+        return rails
 
     @staticmethod
     def _temps(client: Any) -> dict[str, float | None]:
@@ -273,10 +301,20 @@ class JtopSource:
         )
 
     @staticmethod
-    def _gpu(client: Any) -> float | None:
-        for gpu in client.gpu.values():
-            return _num(gpu["status"]["load"])
+    def _jtop_gpu(client: Any) -> float | None:
+        """The first integrated GPU's load as jtop reports it; None when jtop has none or when
+        it is NVML's answer on an nvgpu (Orin) GPU, which NVML does not measure."""
+        gpus = [(str(k), v) for k, v in client.gpu.items()]
+        gpus.sort(key=lambda item: item[1].get("type") != "integrated")
+        for name, gpu in gpus:
+            if gpu.get("power_control") == "nvml" and "nvgpu" in name.lower():
+                return None  # jetson-stats' DEFAULT_LOAD (0.0) after NVMLError_NotSupported
+            return _num(gpu["status"].get("load"))
         return None
+
+    def _gpu_load(self, client: Any) -> float | None:
+        load = self._field("gpu", client, self._jtop_gpu, None)
+        return load if load is not None else self._gpu_sysfs.read()
 
     @staticmethod
     def _cpu(client: Any) -> float | None:

@@ -37,8 +37,11 @@ class Sample:
     """One reading of the board.
 
     ``power_w`` maps rail names (as the board labels them, e.g. ``VDD_IN``, ``VDD_CPU_GPU_CV``,
-    ``VDD_SOC``) to watts; ``board_power_w`` is the board/module input power (``VDD_IN`` on Orin,
-    ``VDD_IN`` / ``POM_5V_IN`` on older boards, RAPL package power on x86 hosts) when known.
+    ``VDD_SOC``; ``VIN``, ``VDD_GPU``, ``VDD_CPU_SOC_MSS`` on Thor) to watts; ``board_power_w`` is
+    the board/module input power (``VIN`` from the INA238 on AGX Thor, ``VDD_IN`` on Orin Nano/NX,
+    ``VDD_IN`` / ``POM_5V_IN`` on older boards, the module rails' sum on AGX Orin, RAPL package
+    power on x86 hosts) when known. ``board_power_limit_w`` is the limit the board itself enforces
+    on that input, where its monitor exposes one (the INA238 ``power1_max`` on Thor).
     ``temps_c`` maps thermal zone names (``cpu-thermal``, ``gpu-thermal``, ``tj-thermal``...) to °C.
     ``throttling`` maps a throttle reason (e.g. ``oc_alarm``, ``thermal``) to whether it is active.
     """
@@ -47,6 +50,7 @@ class Sample:
     source: str
     power_w: dict[str, float | None] = field(default_factory=dict[str, float | None])
     board_power_w: float | None = None
+    board_power_limit_w: float | None = None
     temps_c: dict[str, float | None] = field(default_factory=dict[str, float | None])
     memory: MemorySample = field(default_factory=MemorySample)
     gpu_load_pct: float | None = None

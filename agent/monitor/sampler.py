@@ -80,6 +80,7 @@ def sanitize(sample: Sample) -> Sample:
         sample,
         power_w=_number_map(sample.power_w, *_POWER_RANGE_W),
         board_power_w=_number(sample.board_power_w, *_POWER_RANGE_W),
+        board_power_limit_w=_number(sample.board_power_limit_w, *_POWER_RANGE_W),
         temps_c=_number_map(sample.temps_c, *_TEMP_RANGE_C),
         memory=memory,
         gpu_load_pct=_number(sample.gpu_load_pct, *_PCT_RANGE),

@@ -21,6 +21,7 @@ Prefer = Literal["auto", "jtop", "sysfs", "host"]
 _JETSON_MARKERS = (
     "sys/bus/i2c/drivers/ina3221",
     "sys/bus/i2c/drivers/ina3221x",
+    "sys/bus/i2c/drivers/ina238",  # AGX Thor's board input monitor
     "etc/nvpmodel.conf",
     "etc/nv_tegra_release",
 )

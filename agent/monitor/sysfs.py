@@ -12,17 +12,20 @@ Power (INA3221; kernel ``Documentation/hwmon/ina3221.rst``, jetson-stats ``jtop/
     L4T ≤ 32 (iio): ``sys/bus/i2c/drivers/ina3221x/<bus>-<addr>/iio:device*/`` with
     ``rail_name_<N>`` and ``in_power<N>_input`` (mW), or ``in_voltage<N>_input`` (mV) ×
     ``in_current<N>_input`` (mA).
-    Board input power is the ``VDD_IN`` or ``POM_5V_IN`` rail; boards without one (AGX Orin)
-    get the sum of the module rails (jetson-stats' ``total_power`` sums all of them; the
-    carrier's ``VIN_SYS_5V0`` is left out, see :mod:`agent.monitor.jetson_rules`).
+    Jetson AGX Thor (JetPack 7) labels its INA3221 channels ``VDD_GPU``, ``VDD_CPU_SOC_MSS``
+    and ``VIN_SYS_5V0`` (the rails ``tegrastats`` prints there); they are read like any other.
+Board input power
+    The ``VIN`` rail of an INA238 where the board has one (AGX Thor's carrier; its limit and
+    alarm come along, see :mod:`agent.monitor.ina238`), else the ``VDD_IN`` or ``POM_5V_IN``
+    rail; boards with none of them (AGX Orin) get the sum of the module rails (jetson-stats'
+    ``total_power`` sums all of them; the carrier's ``VIN_SYS_5V0`` is left out, see
+    :mod:`agent.monitor.jetson_rules`).
 Temperatures
     ``sys/devices/virtual/thermal/thermal_zone*/{type,temp}`` (m°C); ``-256000`` = offline.
     ``PMIC-Die`` and ``thermal-fan-est`` are dropped (:mod:`agent.monitor.jetson_rules`).
 GPU load
-    ``load`` (per mille, 0-1000) of the GPU device: found through ``sys/class/devfreq/*`` whose
-    ``device/of_node/name`` is a Tegra GPU name (jetson-stats ``jtop/core/gpu.py``), else at the
-    known device paths (``bus@0/17000000.gpu`` on L4T R36, ``17000000.ga10b`` on R35 Orin,
-    ``17000000.gv11b`` on Xavier, ``gpu.0`` on Nano/TX).
+    ``load`` (per mille) of Thor's ``gpu-gpc-0`` devfreq node or of the Tegra iGPU device, no
+    NVML (JetPack 7.2 Orin's NVML answers NotSupported): see :mod:`agent.monitor.gpu_load`.
 Power mode
     ``var/lib/nvpmodel/status`` (``pmode:0002``: what ``nvpmodel`` stores as the active mode)
     mapped to a name by ``etc/nvpmodel.conf``'s ``< POWER_MODEL ID=2 NAME=MAXN_SUPER >``
@@ -30,7 +33,7 @@ Power mode
     (nvpmodel applies the default when its user data file is absent).
 Throttling
     over-current counters, INA3221 alarms and thermal cooling devices: see
-    :mod:`agent.monitor.throttle`.
+    :mod:`agent.monitor.throttle`; ``vin_alarm``: the INA238 board input is over its limit.
 Memory and CPU
     ``proc/meminfo`` and two reads of ``proc/stat`` (shared with :mod:`agent.monitor.host`).
 
@@ -46,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from agent.monitor.gpu_load import GpuLoadReader
 from agent.monitor.host import (
     CpuLoad,
     WarnOnce,
@@ -55,27 +59,13 @@ from agent.monitor.host import (
     read_thermal_zones,
     zone_sort_key,
 )
-from agent.monitor.jetson_rules import module_power_sum, soc_zones
+from agent.monitor.ina238 import BoardInput, read_board_input
+from agent.monitor.jetson_rules import board_input_power, soc_zones
 from agent.monitor.sample import Sample
 from agent.monitor.throttle import ThrottleReader
 
 log = logging.getLogger(__name__)
 
-# Rails that carry the board/module input (jetson-stats total_power(): "POM_5V_IN", "VDD_IN").
-BOARD_INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
-# Device-tree names of Tegra integrated GPUs (jetson-stats find_igpu()).
-_GPU_OF_NAMES = ("gpu", "ga10b", "gv11b", "gp10b", "gm20b")
-# Known GPU device directories, newest layout first.
-_GPU_DEVICE_DIRS = (
-    "sys/devices/platform/bus@0/17000000.gpu",  # Orin, L4T R36 (JetPack 6)
-    "sys/devices/platform/17000000.gpu",
-    "sys/devices/platform/17000000.ga10b",  # Orin, L4T R35 (JetPack 5)
-    "sys/devices/17000000.ga10b",
-    "sys/devices/platform/17000000.gv11b",  # Xavier, L4T R35
-    "sys/devices/17000000.gv11b",  # Xavier, L4T R32
-    "sys/devices/gpu.0",  # Nano / TX1 / TX2
-    "sys/devices/platform/gpu.0",
-)
 _INA_DRIVERS = ("sys/bus/i2c/drivers/ina3221", "sys/bus/i2c/drivers/ina3221x")
 _HWMON_LABEL = re.compile(r"^in(\d+)_label$")
 _IIO_RAIL = re.compile(r"^rail_name_(\d+)$")
@@ -107,12 +97,18 @@ class SysfsSource:
         self._warn = WarnOnce(log)
         self._cpu = cpu_interval_state if cpu_interval_state is not None else CpuLoad()
         self._throttle = ThrottleReader(self.root, self._warn)
+        self._gpu = GpuLoadReader(self.root, self._warn)
 
     # ------------------------------------------------------------------ public
 
     def read(self) -> Sample:
-        rails, alarms = self._read_power()
+        vin = read_board_input(self.root, self._warn)
+        rails, alarms = self._read_power(vin is not None)
+        if vin is not None:
+            rails[vin.name] = vin.power_w
         throttling = self._throttle.read(alarms)
+        if vin is not None and vin.alarm is not None:
+            throttling["vin_alarm"] = vin.alarm
         thermal = self.root / "sys/devices/virtual/thermal"
         if not thermal.is_dir():
             thermal = self.root / "sys/class/thermal"
@@ -120,10 +116,11 @@ class SysfsSource:
             ts=self._wall(),
             source=self.name,
             power_w=rails,
-            board_power_w=self._board_power(rails),
+            board_power_w=board_input_power(rails),
+            board_power_limit_w=_limit(vin),
             temps_c=soc_zones(read_thermal_zones(thermal, self._warn)),
             memory=read_memory(self.root / "proc/meminfo", self._warn),
-            gpu_load_pct=self._read_gpu_load(),
+            gpu_load_pct=self._gpu.read(),
             cpu_load_pct=self._cpu.update(self.root / "proc/stat", self._warn),
             power_mode=self._read_power_mode(),
             throttling=throttling,
@@ -149,7 +146,7 @@ class SysfsSource:
                     seen.add(real)
                     yield dev
 
-    def _read_power(self) -> tuple[dict[str, float | None], list[bool]]:
+    def _read_power(self, has_vin: bool) -> tuple[dict[str, float | None], list[bool]]:
         rails: dict[str, float | None] = {}
         alarms: list[bool] = []
         found = False
@@ -160,7 +157,7 @@ class SysfsSource:
             for iio in sorted(dev.glob("iio:device*"), key=zone_sort_key):
                 found = True
                 self._read_iio_rails(iio, rails)
-        if not found:
+        if not found and not has_vin:
             self._warn.warn(
                 "power",
                 f"{self.root}: no INA3221 power monitor under {' or '.join(_INA_DRIVERS)}; "
@@ -234,41 +231,6 @@ class SysfsSource:
                 self._warn.ok(key)
                 rails[name] = milliwatt / 1000.0
 
-    def _board_power(self, rails: dict[str, float | None]) -> float | None:
-        for name in BOARD_INPUT_RAILS:
-            if name in rails:
-                return rails[name]
-        return module_power_sum(rails)  # AGX Orin: no VDD_IN (see agent.monitor.jetson_rules)
-
-    # ------------------------------------------------------------------ GPU
-
-    def _gpu_load_file(self) -> Path | None:
-        devfreq = self.root / "sys/class/devfreq"
-        if devfreq.is_dir():
-            for entry in sorted(devfreq.iterdir()):
-                of_name = read_text(entry / "device/of_node/name")
-                if of_name is not None and of_name.strip("\x00\n ") in _GPU_OF_NAMES:
-                    load = entry / "device/load"
-                    if load.is_file():
-                        return load
-        for rel in _GPU_DEVICE_DIRS:
-            load = self.root / rel / "load"
-            if load.is_file():
-                return load
-        return None
-
-    def _read_gpu_load(self) -> float | None:
-        path = self._gpu_load_file()
-        if path is None:
-            self._warn.warn("gpu_load", f"{self.root}: no GPU load file found; GPU load is unknown")
-            return None
-        per_mille = read_int(path)
-        if per_mille is None or not 0 <= per_mille <= 1000:
-            self._warn.warn("gpu_load", f"{path}: expected 0-1000 (per mille); GPU load unknown")
-            return None
-        self._warn.ok("gpu_load")
-        return per_mille / 10.0
-
     # ------------------------------------------------------------------ power mode
 
     def _read_power_mode(self) -> str | None:
@@ -302,3 +264,7 @@ class SysfsSource:
             return None
         self._warn.ok("power_mode")
         return names[mode_id]
+
+
+def _limit(vin: BoardInput | None) -> float | None:
+    return None if vin is None else vin.limit_w

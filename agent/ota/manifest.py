@@ -125,7 +125,7 @@ class Compat(Strict):
     families: list[str] = Field(
         default_factory=list,
         title="Families",
-        description="Board families (orin-nano, orin-nx, agx-orin, xavier-nx, cpu); empty = any.",
+        description="Board families (orin-nano, orin-nx, agx-orin, agx-thor, cpu); empty = any.",
     )
     min_tensorrt: str | None = Field(
         default=None,

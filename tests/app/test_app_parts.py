@@ -113,8 +113,7 @@ def test_metrics_body_and_stats_line_from_typed_stats() -> None:
         "model": info,
     }
     assert stats_message(_stats()) == (
-        "det [int8, 2 workers] cam: 12.5 fps, 2 dropped (streaming); "
-        "latency ms p50/p99: infer 4.0/6.0, total 9.0/15.0"
+        "det int8 ×2: cam 12.5 fps, 2 dropped; latency p50/p99 9.0/15.0 ms (infer 4.0/6.0)"
     )
 
 

@@ -1,8 +1,8 @@
 """Fixtures shared by the backend tests.
 
-* ``fake`` — the fake ``tensorrt`` of each API generation (8.6, 10.3, 11.0; parametrized),
+* ``fake`` — the fake ``tensorrt`` of each API generation (8.6, 10.3, 11.4.1; parametrized),
   installed as ``sys.modules["tensorrt"]`` for the test.
-* ``fake11`` — the same for 11.0 alone (strongly typed networks only).
+* ``fake11`` — the same for 11.4.1 alone (strongly typed networks only).
 """
 
 from __future__ import annotations
@@ -28,4 +28,4 @@ def fake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Mod
 
 @pytest.fixture
 def fake11(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    return _install("11.0", monkeypatch)
+    return _install("11.4.1", monkeypatch)

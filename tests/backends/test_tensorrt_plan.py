@@ -1,4 +1,4 @@
-"""TensorRT backend, the pure side: capability detection per API generation (8.6, 10.3, 11.0),
+"""TensorRT backend, the pure side: capability detection per release (8.6 through 11.4.1),
 the build plan (no TensorRT module needed), the checked import and the registry entry."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from agent.backends.tensorrt import loader as trt_loader
 from agent.backends.tensorrt import plan as trt_plan
 from agent.core.errors import BackendUnavailable, BuildFailed
 from tests.fakes.tensorrt import (
+    ALL_GENERATIONS,
     EXPECTED_FLAGS,
     GENERATIONS,
     SHAPES,
@@ -25,6 +26,7 @@ from tests.fakes.tensorrt import (
 )
 
 MIB = 1024 * 1024
+_POOLS_10 = (*trt_plan.Capabilities.memory_pools, "TACTIC_SHARED_MEMORY")
 
 CAPS = {
     "8.6": trt_plan.Capabilities(
@@ -44,22 +46,31 @@ CAPS = {
         io_tensors_api=True,
         bindings_api=False,
     ),
-    "11.0": trt_plan.Capabilities(
-        version="11.0.0.11",
-        memory_pools=(*trt_plan.Capabilities.memory_pools, "TACTIC_SHARED_MEMORY"),
-        explicit_batch_flag_needed=False,
-        strongly_typed_available=True,
-        int8_fp16_flags=False,
-        io_tensors_api=True,
-        bindings_api=False,
-    ),
+    **{
+        gen: trt_plan.Capabilities(
+            version=version,
+            memory_pools=_POOLS_10,
+            explicit_batch_flag_needed=False,
+            strongly_typed_available=True,
+            int8_fp16_flags=gen.startswith("10."),
+            io_tensors_api=True,
+            bindings_api=False,
+        )
+        for gen, version in (
+            ("10.13", "10.13.3.9"),
+            ("10.16", "10.16.1.11"),
+            ("11.0", "11.0.0.11"),
+            ("11.4.0", "11.4.0"),
+            ("11.4.1", "11.4.1"),
+        )
+    },
 }
 
 
 # --------------------------------------------------------------------------- plan_build (no module)
 
 
-@pytest.mark.parametrize("gen", GENERATIONS)
+@pytest.mark.parametrize("gen", ALL_GENERATIONS)
 @pytest.mark.parametrize("precision", ["int8", "fp16", "fp32"])
 def test_plan_precision_flags_per_generation(tmp_path: Path, gen: str, precision: str) -> None:
     plan = trt_plan.plan_build(build_request(tmp_path, precision=precision), CAPS[gen])
@@ -67,9 +78,12 @@ def test_plan_precision_flags_per_generation(tmp_path: Path, gen: str, precision
     expected = {"int8": int8_flags, "fp16": fp16_flags, "fp32": ()}[precision]
     assert plan.network_flags == network_flags
     assert plan.builder_flags == expected
-    assert plan.strongly_typed is (gen == "11.0")
-    if gen == "11.0" and precision == "fp16":
+    assert plan.strongly_typed is gen.startswith("11.")
+    if gen.startswith("11.") and precision == "fp16":
         assert any("AutoCast" in note for note in plan.notes)
+    # BuilderFlag.FP16/INT8 are deprecated from 10.12 on: said where they are set
+    deprecated = any("deprecated since 10.12" in note for note in plan.notes)
+    assert deprecated is (gen in ("10.13", "10.16") and precision != "fp32")
 
 
 def test_plan_limits_profile_and_level(tmp_path: Path) -> None:
@@ -154,7 +168,7 @@ def test_plan_without_optional_apis(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- capabilities
 
 
-@pytest.mark.parametrize("gen", GENERATIONS)
+@pytest.mark.parametrize("gen", ALL_GENERATIONS)
 def test_capabilities_detected_from_the_module(gen: str) -> None:
     caps = trt_plan.detect_capabilities(make_fake_tensorrt(gen))
     assert caps == CAPS[gen]

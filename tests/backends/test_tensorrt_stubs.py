@@ -17,7 +17,7 @@ from agent.backends.tensorrt import backend as trt_backend
 from agent.backends.tensorrt import loader as trt_loader
 from agent.core.errors import BackendUnavailable
 from tests.fakes.tensorrt import (
-    GENERATIONS,
+    ALL_GENERATIONS,
     make_fake_tensorrt,
 )
 
@@ -28,7 +28,7 @@ from tests.fakes.tensorrt import (
 _NOT_IN_STUBS_10 = {
     "Builder": {"build_engine", "max_batch_size"},
     "ICudaEngine": {"num_bindings", "binding_is_input", "get_binding_name", "get_binding_shape",
-                    "get_binding_dtype", "max_batch_size", "profile_for"},
+                    "get_binding_dtype", "max_batch_size", "profile_for", "get_profile_shape"},
     "IExecutionContext": {"set_binding_shape", "get_binding_shape", "execute_async_v2"},
     "IBuilderConfig": {"max_workspace_size"},
     "INetworkDefinition": {"strongly_typed"},
@@ -84,7 +84,7 @@ def _stub_classes() -> dict[str, dict[str, list[str]]]:
     return classes
 
 
-@pytest.mark.parametrize("gen", GENERATIONS)
+@pytest.mark.parametrize("gen", ALL_GENERATIONS)
 def test_fake_names_and_parameters_match_tensorrt_stubs(gen: str) -> None:
     stubs = _stub_classes()
     module = make_fake_tensorrt(gen)
@@ -107,6 +107,38 @@ def test_fake_names_and_parameters_match_tensorrt_stubs(gen: str) -> None:
     for enum_name in FAKE_ENUMS:
         for member in getattr(module, enum_name).__members__:
             assert member in stubs[enum_name], f"{enum_name}.{member}"
+
+
+#: removed in TensorRT 11.0 ("Removed Python APIs and Replacements", NVIDIA's 10.x → 11.x
+#: migration guide; NetworkDefinitionCreationFlag from pyCore.cpp at tag v11.1), as (owner, name)
+_REMOVED_IN_11 = (
+    ("BuilderFlag", "FP16"),
+    ("BuilderFlag", "INT8"),
+    ("BuilderFlag", "OBEY_PRECISION_CONSTRAINTS"),
+    ("Builder", "platform_has_fast_fp16"),
+    ("IBuilderConfig", "int8_calibrator"),
+    ("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH"),
+)
+
+
+@pytest.mark.parametrize("gen", ALL_GENERATIONS)
+def test_fake_has_what_each_release_has(gen: str) -> None:
+    """Removed names are absent from the 11.x fakes and present before; the creation flags carry
+    each release's bit (STRONGLY_TYPED moved from bit 1 to bit 0 in 11.0, NvInfer.h)."""
+    module = make_fake_tensorrt(gen)
+    eleven = gen.startswith("11.")
+    present = {
+        (owner, name) for owner, name in _REMOVED_IN_11 if hasattr(getattr(module, owner), name)
+    }
+    if eleven:
+        assert not present
+    else:  # the fake models int8_calibrator only on 8.6 (the agent never reads it)
+        assert present >= set(_REMOVED_IN_11) - {("IBuilderConfig", "int8_calibrator")}
+    ndcf = module.NetworkDefinitionCreationFlag
+    if gen != "8.6":
+        assert int(ndcf.STRONGLY_TYPED) == (0 if eleven else 1)
+    plugins = hasattr(ndcf, "PREFER_JIT_PYTHON_PLUGINS")
+    assert plugins is (gen not in ("8.6", "10.3"))
 
 
 # --------------------------------------------------------------------------- real TensorRT

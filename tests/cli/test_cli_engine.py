@@ -33,12 +33,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         str(CALIB),
         "--gate-seconds",
         "0.3",
+        "--cache-dir",
+        str(work / "cache"),  # the default cache (H6's rules) is tested in tests/config
         "--json",
         cwd=work,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    return work, {"events": lines[:-1], "result": lines[-1]}
+    # stdout: exactly one JSON document; the progress events are JSON lines on stderr
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    return work, {"events": events, "result": json.loads(proc.stdout)}
 
 
 def test_build_emits_json_progress_and_summary(built: tuple[Path, dict]) -> None:
@@ -49,7 +52,7 @@ def test_build_emits_json_progress_and_summary(built: tuple[Path, dict]) -> None
     assert result["event"] == "result"
     assert result["precision"] == "int8" and not result["cache_hit"]
     art = Path(result["artifact"])
-    assert art.is_relative_to(work / ".cache" / "edge-agent")  # default cache dir
+    assert art.is_relative_to(work / "cache")
     assert result["report"]["results"]["int8"]["passed"]
 
 

@@ -17,6 +17,7 @@ from tests.assets import BOARDS, SYSFS
 from tests.helpers.cli_util import run_cli
 
 NANO_SYSFS = SYSFS / "orin-nano"
+THOR_SYSFS = SYSFS / "agx-thor"
 HOST = BOARDS / "x86-host"
 
 
@@ -52,6 +53,42 @@ def test_once_json_on_sysfs_fixture(capsys: pytest.CaptureFixture[str]) -> None:
     assert gov["events"] == []
 
 
+def test_once_json_on_thor_reports_board_input_and_renamed_rails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["monitor", "--once", "--json", "--source", "sysfs", "--root", str(THOR_SYSFS)]
+    assert invoke([*argv, "--profile", "agx-thor-t5000"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["board_power_w"] == pytest.approx(87.426)  # INA238 VIN
+    assert data["power_w"]["VIN"] == data["board_power_w"]
+    assert set(data["power_w"]) == {"VIN", "VDD_GPU", "VDD_CPU_SOC_MSS", "VIN_SYS_5V0"}
+    assert data["board_power_limit_w"] == pytest.approx(168.0)
+    assert data["throttling"]["vin_alarm"] is False
+    assert data["gpu_load_pct"] == pytest.approx(85.0)
+    gov = data["governor"]
+    assert (gov["profile"], gov["state"], gov["events"]) == ("agx-thor-t5000", "normal", [])
+
+
+def test_once_json_on_thor_detects_the_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's own check: no --profile, the tree's device tree picks the board."""
+    argv = ["monitor", "--source", "sysfs", "--root", str(THOR_SYSFS), "--once", "--json"]
+    assert invoke(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["governor"]["profile"] == "agx-thor-t5000"
+    assert data["board_power_w"] == pytest.approx(87.426)
+
+
+def test_tty_table_on_thor_shows_the_board_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = FakeTty()
+    monkeypatch.setattr(sys, "stdout", out)
+    argv = ["monitor", "--once", "--source", "sysfs", "--root", str(THOR_SYSFS)]
+    assert invoke([*argv, "--profile", "agx-thor-t5000"]) == 0
+    text = out.getvalue()
+    assert "87.43 W / budget 120 W (board limit 168 W)" in text
+    for rail in ("VIN ", "VDD_GPU ", "VDD_CPU_SOC_MSS ", "VIN_SYS_5V0 ", "soc012-thermal"):
+        assert rail in text
+
+
 def test_once_json_on_host_fixture_with_auto_profile(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["monitor", "--once", "--json", "--source", "host", "--root", str(HOST)]
     assert invoke(argv) == 0
@@ -85,7 +122,9 @@ def test_tty_shows_a_refreshing_table(monkeypatch: pytest.MonkeyPatch) -> None:
     argv = ["monitor", "--count", "2", "--interval", "0.01", "--source", "sysfs"]
     assert invoke([*argv, "--root", str(NANO_SYSFS), "--profile", "orin-nano-8gb"]) == 0
     text = out.getvalue()
-    assert text.count("\x1b[H\x1b[2J") == 2
+    # redrawn in place: the second frame moves the cursor back up over the first; no clear
+    assert "\x1b[2J" not in text and "\x1b[H" not in text
+    assert text.count("A\r") == 1 and "\x1b[K\n" in text
     for needle in ("VDD_IN", "tj-thermal", "ram", "gpu", "nvpmodel", "throttling", "pool size"):
         assert needle in text
     assert "profile orin-nano-8gb" in text

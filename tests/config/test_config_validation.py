@@ -62,7 +62,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_every_profile_validates() -> None:
-    assert len(PROFILES) == 8
+    assert len(PROFILES) == 9  # six Orin, two Thor, cpu
     for path in PROFILES:
         profile = load_model_file(path, DeviceProfile)
         assert profile.name == path.stem
@@ -71,7 +71,7 @@ def test_every_profile_validates() -> None:
 def test_cli_accepts_all_profiles() -> None:
     result = run_cli("validate-config", *(str(p) for p in PROFILES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(": ok (profile)") == 8
+    assert result.stdout.count(": ok (profile)") == 9
 
 
 def test_good_agent_config(agent_yaml: Path) -> None:

@@ -24,7 +24,8 @@ EXPECTED = {
     "orin-nx-16gb",
     "agx-orin-32gb",
     "agx-orin-64gb",
-    "xavier-nx",
+    "agx-thor-t5000",
+    "agx-thor-t4000",
     "cpu",
 }
 
@@ -46,7 +47,7 @@ def write_dt(root: Path, model: bytes | None = None, compatible: bytes | None = 
 # --------------------------------------------------------------------------- the shipped YAML
 
 
-def test_exactly_the_eight_profiles_ship(store: ProfileStore) -> None:
+def test_exactly_the_nine_profiles_ship(store: ProfileStore) -> None:
     assert set(store.names()) == EXPECTED
     assert len(store.names()) == len(EXPECTED)
 
@@ -76,10 +77,11 @@ def test_jetson_profiles_identify_their_board(store: ProfileStore) -> None:
         assert profile.build.backend == "tensorrt"
         assert profile.build.precisions == ["int8", "fp16", "fp32"]
         assert profile.power_budget_w() is not None, f"{profile.name} needs a default mode"
-        expected_cc = "7.2" if ident.family == "xavier-nx" else "8.7"
+        expected_cc = "11.0" if ident.family == "agx-thor" else "8.7"
         assert ident.gpu_compute_capability == expected_cc, profile.name
-        if ident.family == "orin-nano":
+        if ident.family in ("orin-nano", "agx-thor"):
             assert ident.dla_cores == 0
+            assert not profile.build.dla.enabled
 
 
 def test_small_boards_get_tighter_limits_than_big_ones(store: ProfileStore) -> None:
@@ -123,8 +125,8 @@ def test_unknown_name_suggests_the_nearest(store: ProfileStore) -> None:
 
 
 def test_misspelled_name_suggests_the_right_one(store: ProfileStore) -> None:
-    with pytest.raises(ProfileNotFound, match="did you mean 'xavier-nx'"):
-        store.load("xavier_nx")
+    with pytest.raises(ProfileNotFound, match="did you mean 'agx-thor-t5000'"):
+        store.load("agx_thor_t5000")
 
 
 def test_path_traversal_is_not_a_profile(store: ProfileStore) -> None:
@@ -265,7 +267,10 @@ def test_x86_host_has_memory_but_no_device_tree() -> None:
         ("orin-nano-4gb", "orin-nano-4gb"),
         ("orin-nx-16gb", "orin-nx-16gb"),
         ("agx-orin-64gb", "agx-orin-64gb"),
-        ("xavier-nx", "xavier-nx"),
+        ("agx-orin-64gb-jp72", "agx-orin-64gb"),
+        ("orin-nano-8gb-devkit-jp72", "orin-nano-8gb"),
+        ("agx-thor-t5000-devkit", "agx-thor-t5000"),
+        ("agx-thor-t4000", "agx-thor-t4000"),
     ],
 )
 def test_detect_on_real_board_trees(board: str, expected: str, store: ProfileStore) -> None:
@@ -360,13 +365,14 @@ def test_unreadable_model_file_gives_cpu_not_an_exception(
 
 
 def test_garbled_release_and_meminfo_become_none(board_root: Callable[[str], Path]) -> None:
-    root = board_root("xavier-nx")
+    root = board_root("agx-thor-t5000-devkit")
     (root / "etc" / "nv_tegra_release").write_bytes(b"\x00\x01 not a release")
     (root / "proc" / "meminfo").write_text("MemFree: 12 kB\n", encoding="utf-8")
     board = read_board(root)
     assert board.l4t_release is None
+    assert board.jetpack is None
     assert board.memory_mib is None
-    assert board.model == "NVIDIA Jetson Xavier NX Developer Kit"
+    assert board.model == "NVIDIA Jetson AGX Thor Developer Kit"
 
 
 def test_detect_needs_an_existing_root(tmp_path: Path, store: ProfileStore) -> None:
@@ -375,7 +381,7 @@ def test_detect_needs_an_existing_root(tmp_path: Path, store: ProfileStore) -> N
 
 
 def test_detect_needs_a_cpu_profile_to_fall_back_to(tmp_path: Path) -> None:
-    shutil.copy(PROFILES_DIR / "xavier-nx.yaml", tmp_path / "xavier-nx.yaml")
+    shutil.copy(PROFILES_DIR / "agx-thor-t5000.yaml", tmp_path / "agx-thor-t5000.yaml")
     with pytest.raises(DetectionError, match="'cpu' profile"):
         detect(BOARDS / "x86-host", ProfileStore(tmp_path))
 
@@ -385,16 +391,20 @@ def test_detect_needs_a_cpu_profile_to_fall_back_to(tmp_path: Path) -> None:
     [
         ("36.4.3", "6.2"),  # the Orin fixtures' nv_tegra_release
         ("36.4.4", "6.2.1"),
-        ("36.4.7", "6.2.1"),  # a later revision: the newest known at or below it
-        ("35.4.1", "5.1.2"),  # the Xavier NX fixture
+        ("36.4.7", "6.2.1"),
+        ("36.4.8", "6.2.1"),  # a later revision: the newest known at or below it
+        ("35.4.1", "5.1.2"),  # the Xavier NX and JetPack 5 Orin fixtures
+        ("35.6.2", "5.1.5"),
         ("32.7.1", "4.6.1"),
         ("35.6.4", "5.1.6"),
         ("36.5.0", "6.2.2"),
         ("38.2.0", "7.0"),
         ("38.2.1", "7.0"),
         ("38.4.0", "7.1"),
+        ("38.2.2", "7.0"),
         ("39.2.0", "7.2"),
-        ("39.2.1", "7.2"),  # a later revision of R39.2
+        ("39.2.1", "7.2.1"),  # the JetPack 7.2 Orin fixtures
+        ("39.2.2", "7.2.1"),  # a later revision of R39.2 (7.2.2's release is not in the table)
         ("37.0.0", None),  # a major we do not know
         ("bogus", None),
         (None, None),
@@ -404,31 +414,6 @@ def test_jetpack_for_l4t(l4t: str | None, jetpack: str | None) -> None:
     from agent.config.profiles.board import jetpack_for_l4t
 
     assert jetpack_for_l4t(l4t) == jetpack
-
-
-# --------------------------------------------------------------------------- Xavier NX 16GB
-
-
-def test_xavier_nx_16gb_without_its_profile_says_so(
-    store: ProfileStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    result = detect(BOARDS / "xavier-nx-16gb", store)
-    assert result.profile == "xavier-nx"  # the only Xavier NX profile there is
-    assert "no profile lists module p3668-0003" in result.reason
-    assert any("p3668-0003" in r.getMessage() for r in caplog.records)
-
-
-def test_xavier_nx_16gb_gets_its_profile_when_one_exists(tmp_path: Path) -> None:
-    for name in ("cpu", "xavier-nx"):
-        shutil.copy(PROFILES_DIR / f"{name}.yaml", tmp_path / f"{name}.yaml")
-    text = (PROFILES_DIR / "xavier-nx.yaml").read_text()
-    text = text.replace("name: xavier-nx\n", "name: xavier-nx-16gb\n")
-    text = text.replace("[p3668-0000, p3668-0001]", "[p3668-0003]")
-    text = text.replace("memory_mib: 8192", "memory_mib: 16384")
-    (tmp_path / "xavier-nx-16gb.yaml").write_text(text)
-    result = detect(BOARDS / "xavier-nx-16gb", ProfileStore(tmp_path))
-    assert result.profile == "xavier-nx-16gb", result.reason
-    assert "p3668-0003" in result.reason
 
 
 def test_power_mode_names_must_be_unique_but_ids_may_repeat(tmp_path: Path) -> None:

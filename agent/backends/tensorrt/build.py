@@ -54,6 +54,24 @@ def _make_builder(request: BuildRequest, logger: trt.ILogger) -> trt.Builder:
     return builder
 
 
+def check_dla_cores(builder: trt.Builder, caps: Capabilities, plan: BuildPlan) -> None:
+    """A DLA build needs the core among those this TensorRT sees (``Builder.num_DLA_cores``, "the
+    number of DLA engines available to this builder"): the device's own answer, after the
+    release/board rules of :func:`~agent.backends.tensorrt.dla.decide_dla` allowed it."""
+    if plan.device_type != "DLA":
+        return
+    core = plan.dla_core or 0
+    seen = int(builder.num_DLA_cores)
+    if core >= seen:
+        raise BuildFailed(
+            f"TensorRT {caps.version} sees {seen} DLA core(s) on this device, so DLA core {core} "
+            "cannot be used",
+            fix="set build.dla.enabled: false in the device profile, or build on a device and "
+            "TensorRT with DLA (AGX Orin / Orin NX on JetPack 6, AGX Orin on JetPack 7.2.2 with "
+            "TensorRT 11.4.1)",
+        )
+
+
 def resident_bytes() -> int:
     """This process's resident memory (``VmRSS`` of ``/proc/self/status``); 0 where unknown."""
     try:
@@ -84,6 +102,7 @@ def _serialize(
     progress("build", 0.0, f"TensorRT {caps.version}: parsing {request.onnx_path.name}")
     logger = make_logger()
     builder = _make_builder(request, logger)
+    check_dla_cores(builder, caps, plan)
     network = create_network(builder, plan)
     parser = parse_onnx(network, logger, request.onnx_path)
     check_network_types(network, plan, request.onnx_path)
@@ -131,6 +150,7 @@ def build_engine(request: BuildRequest, progress: ProgressFn = no_progress) -> B
     inputs, outputs = io_specs(engine, caps)
     info: dict[str, Any] = {
         "tensorrt_version": caps.version,
+        "board": None if request.board is None else request.board.to_json(),
         "plan": plan.to_json(),
         "layers": engine.num_layers,
         "capabilities": caps.to_json(),

@@ -1,5 +1,6 @@
-"""What a built engine holds: its I/O tensors, and its layers after fusion read with the engine
-inspector (``ProfilingVerbosity.DETAILED`` keeps names, precisions and tactics)."""
+"""What a built engine holds: its I/O tensors, its optimization profile's min/opt/max shapes, and
+its layers after fusion read with the engine inspector (``ProfilingVerbosity.DETAILED`` keeps
+names, precisions and tactics)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from agent.backends.base import TensorSpec
+from agent.backends.base import InputShapes, TensorSpec
 from agent.backends.tensorrt.loader import (
     deserialize,
     dims,
@@ -54,6 +55,28 @@ def io_specs(
             fix="install TensorRT 8.6 or newer from JetPack",
         )
     return inputs, outputs
+
+
+def profile_shapes(
+    engine: trt.ICudaEngine, caps: Capabilities, inputs: tuple[TensorSpec, ...]
+) -> dict[str, InputShapes]:
+    """min/opt/max of each dynamic input of ``inputs`` in optimization profile 0 (a static
+    input has none: its one shape is its profile). TensorRT 8.5+ (and 10.x, 11.x):
+    ``ICudaEngine.get_tensor_profile_shape(name, profile_index)``, a list of three ``Dims``; before
+    8.5 only the bindings-era ``get_profile_shape(profile_index, binding)`` (deprecated in 8.5 for
+    the former, removed in 10.0), which also takes the binding's name."""
+    shapes: dict[str, InputShapes] = {}
+    for spec in inputs:
+        if all(isinstance(d, int) and d > 0 for d in spec.shape):
+            continue
+        if caps.io_tensors_api:
+            found = engine.get_tensor_profile_shape(spec.name, 0)
+        else:
+            legacy: Any = engine  # tensorrt-stubs 10.x no longer declare the bindings API
+            found = legacy.get_profile_shape(0, spec.name)
+        low, opt, high = (dims(d) for d in found)
+        shapes[spec.name] = InputShapes(low, opt, high)
+    return shapes
 
 
 def _precision_of(fmt: str) -> str:

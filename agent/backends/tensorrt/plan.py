@@ -1,15 +1,18 @@
 """The pure side of a TensorRT build: capability rules per TensorRT version and the build plan.
 
-One code path serves TensorRT 8.6 (JetPack 5), 10.x (JetPack 6 ships 10.3) and 11.x. Which API
-generation is present is decided by *capability* (``hasattr`` on the module's classes), never by
-parsing ``tensorrt.__version__``; see :func:`detect_capabilities` for each rule and the
-documentation it rests on. Nothing here imports ``tensorrt``: :func:`detect_capabilities` reads
-the module it is given, and :func:`plan_build` is tested without any TensorRT module.
+One code path serves TensorRT 8.6 (JetPack 6.0), 10.x (JetPack 6.1/6.2 ship 10.3, JetPack 7 10.13
+and 10.16) and 11.x (JetPack 7.2.2 ships 11.4.1). Which API generation is present is decided by
+*capability* (``hasattr`` on the module's classes), never by parsing ``tensorrt.__version__``; see
+:func:`detect_capabilities` for each rule and the documentation it rests on. The release number is
+read only where the API cannot tell: DLA support (:mod:`agent.backends.tensorrt.dla`) and the
+deprecation note for the precision flags. Nothing here imports ``tensorrt``:
+:func:`detect_capabilities` reads the module it is given, and :func:`plan_build` is tested without
+any TensorRT module.
 
 ==================  ==============  ============================  ========================
 decision            8.6             10.x                          11.x
 ==================  ==============  ============================  ========================
-network flags       EXPLICIT_BATCH  none (EXPLICIT_BATCH ignored) STRONGLY_TYPED
+network flags       EXPLICIT_BATCH  none (EXPLICIT_BATCH ignored) none (always strong)
 int8 (Q/DQ graph)   INT8 + FP16     INT8 + FP16                   none (types from Q/DQ)
 fp16                FP16            FP16                          not offered (see below)
 fp32                none            none                          none
@@ -19,6 +22,28 @@ I/O at run time     tensor names    tensor names                  tensor names
 Workspace (``set_memory_pool_limit(WORKSPACE)``), one optimization profile, the timing cache,
 ``builder_optimization_level``, DLA and ``ProfilingVerbosity.DETAILED`` are the same on all three.
 A DLA build pins the profile to opt (min = opt = max): the DLA has no dynamic shapes.
+
+Releases on the boards, and what differs in the API this backend drives (checked against
+NVIDIA's Python bindings, github.com/NVIDIA/TensorRT ``python/src/infer/pyCore.cpp`` at tags
+v10.3.0, v10.13.3, v10.16 and v11.1, and the "Removed Python APIs" table of the 10.x → 11.x
+migration guide):
+
+==========  =========================  ===================================================
+TensorRT    JetPack                    difference for this backend
+==========  =========================  ===================================================
+10.3        6.x (Orin)                 the 10.x row above; DLA on Orin NX / AGX Orin
+10.13       7.0 / 7.1 (Thor only)      as 10.3; ``BuilderFlag.FP16/INT8`` deprecated since
+                                       10.12 ("Superseded by strong typing"); no DLA
+10.16       7.2.x (Orin and Thor)      as 10.13; no DLA on Jetson
+11.4.0      none (no JetPack release)  the 11.x row: no EXPLICIT_BATCH, no FP16/INT8/
+                                       OBEY_PRECISION_CONSTRAINTS flags, no
+                                       ``platform_has_fast_*``; no DLA on Jetson
+11.4.1      7.2.2+ (AGX Orin, Thor)    as 11.4.0; DLA again, on AGX Orin only, strongly typed
+==========  =========================  ===================================================
+
+Whether DLA may be used is not an API question (11.4.0 and 11.4.1 have the same API): it is
+decided from the release and the board by :func:`agent.backends.tensorrt.dla.decide_dla`, and
+a refused DLA build fails here, before anything is parsed, with the fix.
 
 FP16 on 11.x: TensorRT 11 removed ``BuilderFlag.FP16``; NVIDIA's migration table
 ("Migrating from TensorRT 10.x to 11.x", removed Python APIs) gives "Strong typing with ModelOpt
@@ -42,6 +67,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from agent.backends.base import BuildRequest, InputShapes
+from agent.backends.tensorrt.dla import DlaDecision, decide_dla, version_tuple
 from agent.backends.tensorrt.loader import MIB
 from agent.core.errors import BuildFailed
 
@@ -147,6 +173,8 @@ class BuildPlan:
     #: the build child's memory cap (:attr:`BuildRequest.memory_cap_mib`), None when not given
     memory_cap_bytes: int | None = None
     notes: tuple[str, ...] = field(default=())
+    #: the DLA decision (:func:`~agent.backends.tensorrt.dla.decide_dla`), refused or not asked
+    dla: DlaDecision = field(default_factory=lambda: DlaDecision(False, False, "not requested"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -163,6 +191,7 @@ class BuildPlan:
             "precision": self.precision,
             "memory_cap_bytes": self.memory_cap_bytes,
             "notes": list(self.notes),
+            "dla": self.dla.to_json(),
         }
 
 
@@ -197,10 +226,9 @@ def _plan_precision(request: BuildRequest, caps: Capabilities, draft: _Draft) ->
         draft.network_flags.append("EXPLICIT_BATCH")
     strongly_typed = not caps.int8_fp16_flags
     if strongly_typed:
-        # 11.x: every network is strongly typed; the flag is accepted (and ignored) there, so it
-        # is set where it exists, to state the intent, and skipped should a release drop it.
-        if caps.strongly_typed_available:
-            draft.network_flags.append("STRONGLY_TYPED")
+        # 11.x: every network is strongly typed. STRONGLY_TYPED is not set: NvInfer.h (v11.1)
+        # says "Deprecated in TensorRT 11.0. Strongly typed mode is always enabled. This flag is
+        # retained for API compatibility but is ignored" (and its value moved from 1 to 0).
         if request.precision == "int8":
             draft.notes.append(
                 "strongly typed: INT8 comes from the Q/DQ nodes; layers outside them run in the "
@@ -217,27 +245,42 @@ def _plan_precision(request: BuildRequest, caps: Capabilities, draft: _Draft) ->
         draft.builder_flags += ["INT8", "FP16"]
     elif request.precision == "fp16":
         draft.builder_flags.append("FP16")
+    if draft.builder_flags and _pad2(version_tuple(caps.version)) >= _WEAK_TYPING_DEPRECATED:
+        draft.notes.append(
+            f"TensorRT {caps.version}: BuilderFlag.FP16/INT8 are deprecated since 10.12 "
+            "(superseded by strong typing) and removed in 11.0; they still work here"
+        )
     return strongly_typed
 
 
-def _plan_device(request: BuildRequest, draft: _Draft) -> Literal["GPU", "DLA"]:
+#: BuilderFlag.FP16/INT8 docstrings from 10.12 on: "[DEPRECATED] Deprecated in TensorRT 10.12.
+#: Superseded by strong typing." (pyCoreDoc.h at tag v10.16)
+_WEAK_TYPING_DEPRECATED = (10, 12)
+
+
+def _pad2(version: tuple[int, ...] | None) -> tuple[int, ...]:
+    return ((version or (0,)) + (0,))[:2]
+
+
+def _plan_device(
+    request: BuildRequest, caps: Capabilities, draft: _Draft
+) -> tuple[Literal["GPU", "DLA"], DlaDecision]:
+    decision = decide_dla(caps.version, request.board, request.dla_core)
     if request.dla_core is None:
-        return "GPU"
+        return "GPU", decision
+    if not decision.allowed:
+        raise BuildFailed(decision.reason, fix=decision.fix)
     if request.precision == "fp32":
         raise BuildFailed(
             f"DLA core {request.dla_core} was requested with fp32, but the DLA runs only "
             "INT8 and FP16",
             fix="build int8 or fp16 for the DLA, or set build.dla.enabled: false",
         )
-    if request.dla_core < 0:
-        raise BuildFailed(
-            f"DLA core {request.dla_core} is negative", fix="set build.dla.core to 0 or 1"
-        )
     if request.gpu_fallback:
         draft.builder_flags.append("GPU_FALLBACK")
     else:
         draft.notes.append("DLA without GPU fallback: the build fails if a layer cannot run on DLA")
-    return "DLA"
+    return "DLA", decision
 
 
 def _plan_level(request: BuildRequest, caps: Capabilities, draft: _Draft) -> int | None:
@@ -304,7 +347,7 @@ def plan_build(request: BuildRequest, caps: Capabilities) -> BuildPlan:
     """
     draft = _Draft()
     strongly_typed = _plan_precision(request, caps, draft)
-    device_type = _plan_device(request, draft)
+    device_type, dla = _plan_device(request, caps, draft)
     level = _plan_level(request, caps, draft)
     profile = _plan_profile(request, device_type, draft)
     cache = _plan_timing_cache(request, caps, level, draft)
@@ -321,4 +364,5 @@ def plan_build(request: BuildRequest, caps: Capabilities) -> BuildPlan:
         precision=request.precision,
         memory_cap_bytes=None if request.memory_cap_mib is None else request.memory_cap_mib * MIB,
         notes=tuple(draft.notes),
+        dla=dla,
     )

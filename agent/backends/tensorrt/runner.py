@@ -2,7 +2,8 @@
 CUDA stream, grow-only device and pinned host buffers per tensor (on an integrated GPU, mapped
 pinned buffers that TensorRT reads and writes in place, no copies: see
 :mod:`agent.backends.cuda.memory`), an ``IOutputAllocator`` for outputs with data-dependent shapes
-(:mod:`.outputs`); inputs are host arrays or :class:`DeviceTensor` bindings."""
+(:mod:`.outputs`); inputs are host arrays or :class:`DeviceTensor` bindings. With ``timing`` on
+(``edge-agent bench``) it times the H2D / compute / D2H stages with CUDA events (:mod:`.timing`)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,22 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.backends.base import DeviceTensor, RunnerBase, TensorSpec, summarize_layer_times
+from agent.backends.base import (
+    DeviceTensor,
+    InputShapes,
+    RunnerBase,
+    TensorSpec,
+    summarize_layer_times,
+)
 from agent.backends.cuda import memory as cuda_memory
 from agent.backends.cuda import runtime as cuda_runtime
 from agent.backends.tensorrt.engines import SHARED, EngineLease, SharedEngines
-from agent.backends.tensorrt.inspect import inspector_layers, io_specs
+from agent.backends.tensorrt.inspect import inspector_layers, io_specs, profile_shapes
 from agent.backends.tensorrt.loader import LayerTimes, dims, is_none, load_trt, make_profiler, trt
 from agent.backends.tensorrt.outputs import make_output_allocator
 from agent.backends.tensorrt.plan import Capabilities, detect_capabilities
+from agent.backends.tensorrt.staging import IOBuffers, check_feeds, host_view, outside_profile
+from agent.backends.tensorrt.timing import ZERO_COPY_NOTE, StageTiming
 from agent.core.errors import BackendUnavailable
 
 
@@ -42,28 +51,6 @@ class CudaLayer:
 CUDA: Any = CudaLayer()
 
 
-def _view(host: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> NDArray[Any]:
-    flat: NDArray[np.uint8] = host.array
-    # An ndarray over the pinned bytes: a view, never a copy.
-    return np.ndarray(shape, dtype=dtype, buffer=flat)
-
-
-def _check_feeds(inputs: tuple[TensorSpec, ...], feeds: Mapping[str, object]) -> None:
-    missing = [s.name for s in inputs if s.name not in feeds]
-    extra = sorted(set(feeds) - {s.name for s in inputs})
-    if missing or extra:
-        raise ValueError(
-            f"feeds do not match the engine inputs: missing {missing}, unexpected {extra}"
-        )
-
-
-def _outside_profile(spec: TensorSpec, shape: tuple[int, ...]) -> ValueError:
-    return ValueError(
-        f"input '{spec.name}' shape {shape} is outside the engine's "
-        f"optimization profile (engine shape {spec.shape})"
-    )
-
-
 class TrtRunner(RunnerBase):
     """Runs one serialized engine: the engine is leased from ``engines`` (one deserialized copy
     per plan file for the whole process), the runner owns one execution context, one CUDA stream,
@@ -78,6 +65,9 @@ class TrtRunner(RunnerBase):
     writes in place (no device buffer, no copies); None (default) asks the CUDA layer's
     ``zero_copy_staging()`` (True on an integrated GPU such as a Jetson's, see
     :mod:`agent.backends.cuda.memory`); False keeps pinned + device buffers and async copies.
+
+    ``timing``: time each inference's stages (:meth:`last_stage_ms`); off by default so serving
+    records no events; ``edge-agent bench`` sets it.
     """
 
     def __init__(
@@ -90,6 +80,7 @@ class TrtRunner(RunnerBase):
         cuda: Any = None,
         engines: SharedEngines | None = None,
         zero_copy: bool | None = None,
+        timing: bool = False,
     ) -> None:
         self.path = artifact_dir / main_file
         self.threads = threads  # TensorRT runs on the GPU; kept for the Runner signature
@@ -105,10 +96,37 @@ class TrtRunner(RunnerBase):
         self._done: Any = None
         self._allocator: Any = None
         self._allocated: set[str] = set()
-        self._device: dict[str, Any] = {}
-        self._host: dict[str, Any] = {}
+        self._io = IOBuffers()
         self._zero_copy_wanted = zero_copy
         self._zero_copy = False
+        self._timing = StageTiming()
+        self._timing.enabled = timing
+
+    @property
+    def timing(self) -> bool:
+        """Whether each inference's H2D / compute / D2H stages are timed (CUDA events)."""
+        return self._timing.enabled
+
+    @timing.setter
+    def timing(self, value: bool) -> None:
+        self._timing.enabled = bool(value)
+
+    def last_stage_ms(self) -> dict[str, float] | None:
+        """Milliseconds of the last inference's stages (``h2d``, ``compute``, ``d2h``: CUDA
+        event times on the runner's stream, read after it synchronized); a stage that queued no
+        copy is 0.0. None when :attr:`timing` is off or no timed inference completed."""
+        return self._timing.last
+
+    def transfers_note(self) -> str | None:
+        """Why the copies are 0 (zero-copy staging on an integrated GPU), else None."""
+        return ZERO_COPY_NOTE if self._zero_copy else None
+
+    def profile_shapes(self) -> dict[str, InputShapes]:
+        """min/opt/max of each dynamic input in the engine's optimization profile 0 (empty
+        when every input is static); the runner must be active."""
+        if self._engine is None:
+            raise RuntimeError("runner is not active; use it as a context manager")
+        return profile_shapes(self._engine, self._caps, self._inputs)
 
     @property
     def zero_copy(self) -> bool:
@@ -140,6 +158,7 @@ class TrtRunner(RunnerBase):
             self._done = self._cuda.Event()
             wanted = self._zero_copy_wanted
             self._zero_copy = self._cuda.zero_copy_staging() if wanted is None else wanted
+            self._io = IOBuffers(self._cuda, zero_copy=self._zero_copy)
         except BaseException:
             self._close_cuda()
             self._engines.release(lease)
@@ -163,55 +182,28 @@ class TrtRunner(RunnerBase):
                 self._engines.release(lease)
 
     def _close_cuda(self) -> None:
-        for buf in [*self._device.values(), *self._host.values()]:
-            buf.close()
-        self._device.clear()
-        self._host.clear()
+        self._io.close()
         if self._allocator is not None:
             self._allocator.close()
         self._allocator = None
         self._allocated.clear()
+        self._timing.close()
         for handle in (self._done, self._stream):
             if handle is not None:
                 handle.close()
         self._done = None
         self._stream = None
 
-    def _buffers(
-        self, name: str, nbytes: int, *, device: bool = True, host_bytes: int | None = None
-    ) -> tuple[Any, Any]:
-        """Device (unless ``device`` is False) and pinned host buffers of at least ``nbytes``
-        (``host_bytes`` for the host one) for ``name``; both grow-only. Zero-copy: no device
-        buffer (None) and a mapped host buffer, which the engine binds at its ``device_ptr``."""
-        if self._zero_copy and device:
-            host = self._host.get(name)
-            if host is None or host.nbytes < nbytes:
-                if host is not None:
-                    host.close()
-                host = self._host[name] = self._cuda.MappedBuffer((max(nbytes, 1),), np.uint8)
-            return None, host
-        dev = self._device.get(name)
-        if device and (dev is None or dev.nbytes < nbytes):
-            if dev is not None:
-                dev.close()
-            dev = self._device[name] = self._cuda.DeviceBuffer(nbytes)
-        wanted = nbytes if host_bytes is None else host_bytes
-        host = self._host.get(name)
-        if host is None or host.nbytes < wanted:
-            if host is not None:
-                host.close()
-            host = self._host[name] = self._cuda.PinnedBuffer((max(wanted, 1),), np.uint8)
-        return dev, host
-
     def _stage(self, name: str, array: NDArray[Any]) -> int:
         """Write ``array`` into its pinned buffer and, unless zero-copy, queue the copy into its
         device buffer on the stream; returns the device address to bind."""
-        dev, host = self._buffers(name, array.nbytes)
-        staged = _view(host, array.dtype, array.shape)
+        dev, host = self._io.get(name, array.nbytes)
+        staged = host_view(host, array.dtype, array.shape)
         staged[...] = array
         if dev is None:  # mapped: the engine reads the pinned buffer in place
             return int(host.device_ptr)
         self._cuda.copy_htod_async(dev, staged, self._stream)
+        self._timing.copied("h2d")
         return int(dev.ptr)
 
     def _output_view(self, spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, NDArray[Any]]:
@@ -219,9 +211,9 @@ class TrtRunner(RunnerBase):
         (the same memory when zero-copy)."""
         dtype = np.dtype(spec.dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        dev, host = self._buffers(spec.name, nbytes)
+        dev, host = self._io.get(spec.name, nbytes)
         address = int(host.device_ptr) if dev is None else int(dev.ptr)
-        return address, _view(host, dtype, shape)
+        return address, host_view(host, dtype, shape)
 
     def _fetch(self, results: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         """Copy the outputs down, wait for them and return copies of the host views. Outputs
@@ -231,10 +223,13 @@ class TrtRunner(RunnerBase):
             if spec.name in self._allocated:
                 results[spec.name] = self._allocated_view(spec)
             elif not self._zero_copy:  # zero-copy: the engine wrote the host view itself
-                dev = self._device[spec.name]
+                dev = self._io.device[spec.name]
                 self._cuda.copy_dtoh_async(results[spec.name], dev, self._stream)
+                self._timing.copied("d2h")
+        self._timing.mark(self._stream)  # end of d2h
         self._done.record(self._stream)
         self._done.synchronize()
+        self._timing.finish()
         return {name: np.array(view, copy=True) for name, view in results.items()}
 
     def _allocated_view(self, spec: TensorSpec) -> NDArray[Any]:
@@ -243,11 +238,12 @@ class TrtRunner(RunnerBase):
             raise RuntimeError(f"TensorRT did not report the shape of output '{spec.name}'")
         dtype = np.dtype(spec.dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        _dev, host = self._buffers(spec.name, 0, device=False, host_bytes=nbytes)
-        view = _view(host, dtype, shape)
+        _dev, host = self._io.get(spec.name, 0, device=False, host_bytes=nbytes)
+        view = host_view(host, dtype, shape)
         if nbytes:
             src = self._allocator.buffers[spec.name]
             self._cuda.copy_dtoh_async(view, src, self._stream)
+            self._timing.copied("d2h")
         return view
 
     #: :class:`~agent.backends.base.DeviceTensor` feeds are bound without a copy
@@ -265,9 +261,10 @@ class TrtRunner(RunnerBase):
         context = self._context
         if context is None:
             raise RuntimeError("runner is not active; use it as a context manager")
-        _check_feeds(self._inputs, feeds)
+        check_feeds(self._inputs, feeds)
         device_feeds = {k: v for k, v in feeds.items() if isinstance(v, DeviceTensor)}
         host_feeds = {k: v for k, v in feeds.items() if not isinstance(v, DeviceTensor)}
+        self._timing.begin(self._cuda, self._stream)
         if not self._caps.io_tensors_api:
             if device_feeds:
                 raise ValueError(
@@ -281,8 +278,10 @@ class TrtRunner(RunnerBase):
             else:
                 self._bind_host_input(context, spec, host_feeds[spec.name])
         results = self._bind_outputs(context)
+        self._timing.mark(self._stream)  # end of h2d
         if not context.execute_async_v3(self._stream.handle):  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        self._timing.mark(self._stream)  # end of compute
         return self._fetch(results)
 
     @staticmethod
@@ -294,7 +293,7 @@ class TrtRunner(RunnerBase):
                 f"input '{spec.name}' is {spec.dtype} but the device tensor is {tensor.dtype}"
             )
         if not context.set_input_shape(spec.name, tensor.shape):  # pyright: ignore[reportUnknownMemberType, reportCallIssue, reportArgumentType]
-            raise _outside_profile(spec, tensor.shape)
+            raise outside_profile(spec, tensor.shape)
         context.set_tensor_address(spec.name, tensor.ptr)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
 
     def _bind_host_input(
@@ -302,7 +301,7 @@ class TrtRunner(RunnerBase):
     ) -> None:
         array = np.ascontiguousarray(feed, dtype=np.dtype(spec.dtype))
         if not context.set_input_shape(spec.name, array.shape):  # pyright: ignore[reportUnknownMemberType, reportCallIssue, reportArgumentType]
-            raise _outside_profile(spec, array.shape)
+            raise outside_profile(spec, array.shape)
         address = self._stage(spec.name, array)
         context.set_tensor_address(spec.name, address)  # pyright: ignore[reportUnknownMemberType]  # stubs: bool shadowed
 
@@ -375,6 +374,8 @@ class TrtRunner(RunnerBase):
                     "IOutputAllocator (TensorRT >= 8.5's named-tensor API)"
                 )
             bindings[index[spec.name]], results[spec.name] = self._output_view(spec, shape)
+        self._timing.mark(self._stream)  # end of h2d
         if not legacy.execute_async_v2(bindings, self._stream.handle):
             raise RuntimeError("TensorRT execute_async_v2 failed (see the TensorRT log)")
+        self._timing.mark(self._stream)  # end of compute
         return self._fetch(results)

@@ -6,7 +6,7 @@ tree in tests), so that reading is a pure function of those files:
 * ``<root>/etc/nv_tegra_release``        L4T release line (``# R36 (release), REVISION: 4.3, ...``),
 * ``<root>/proc/meminfo``                ``MemTotal`` to tell memory variants apart.
 
-Also the L4T release → JetPack table.
+Also the L4T release → JetPack table and the SoC (Jetson generation) of a board.
 """
 
 from __future__ import annotations
@@ -45,6 +45,19 @@ class BoardInfo:
     @property
     def is_tegra(self) -> bool:
         return any(c.startswith("nvidia,tegra") for c in self.compatible)
+
+    @property
+    def soc(self) -> str | None:
+        """The SoC named in ``compatible`` (``tegra264`` on Thor, ``tegra234`` on Orin)."""
+        for entry in self.compatible:
+            if entry.startswith("nvidia,tegra"):
+                return entry.split(",", 1)[1]
+        return None
+
+    @property
+    def jetpack(self) -> str | None:
+        """The JetPack release of :attr:`l4t_release` (``"6.2"``); ``None`` when unknown."""
+        return jetpack_for_l4t(self.l4t_release)
 
 
 def _read_bytes(path: Path, notes: list[str]) -> bytes | None:
@@ -90,11 +103,13 @@ def parse_l4t_release(text: str) -> str | None:
 
 
 #: L4T release → JetPack, from NVIDIA's JetPack release archive
-#: (developer.nvidia.com/embedded/jetpack-archive): the BSP each JetPack ships.
-#: R38: "JetPack 7.0 with Jetson Linux 38.2/38.2.1"
-#: (developer.nvidia.com/embedded/jetpack/downloads/archive-7.0.md) and "JetPack 7.1 with
-#: Jetson Linux 38.4" (.../archive-7.1.md). 35.6.4 → 5.1.6, 36.5.0 → 6.2.2 and 39.2.0 → 7.2
-#: as issue 19 states them (not found in the stored NVIDIA pages; confirm against the archive).
+#: (developer.nvidia.com/embedded/jetpack-archive) as jetson-stats 7.x transcribes it
+#: (``NVIDIA_JETPACK`` in jtop/core/jetson_variables.py; its "7.2 GA" is 7.2 here, "6.1 (rev1)"
+#: 6.1). R38: "JetPack 7.0 with Jetson Linux 38.2/38.2.1" (.../jetpack/downloads/archive-7.0.md)
+#: and "JetPack 7.1 with Jetson Linux 38.4" (.../archive-7.1.md). 39.2.1 → 7.2.1: JetPack 7.2.1
+#: boards print ``# R39 (release), REVISION: 2.1`` (public setup guides and board dumps, e.g. a
+#: JetPack 7.2.1 Orin Nano dump with GCID 46758480). The L4T release of JetPack 7.2.2 was not found;
+#: a later R39.2 revision maps to the newest entry at or below it (7.2.1).
 _JETPACK_FOR_L4T: dict[tuple[int, int, int], str] = {
     (32, 6, 1): "4.6",
     (32, 7, 1): "4.6.1",
@@ -103,6 +118,8 @@ _JETPACK_FOR_L4T: dict[tuple[int, int, int], str] = {
     (32, 7, 4): "4.6.4",
     (32, 7, 5): "4.6.5",
     (32, 7, 6): "4.6.6",
+    (34, 1, 0): "5.0",
+    (34, 1, 1): "5.0.1",
     (35, 1, 0): "5.0.2",
     (35, 2, 1): "5.1",
     (35, 3, 1): "5.1.1",
@@ -110,17 +127,23 @@ _JETPACK_FOR_L4T: dict[tuple[int, int, int], str] = {
     (35, 5, 0): "5.1.3",
     (35, 6, 0): "5.1.4",
     (35, 6, 1): "5.1.5",
+    (35, 6, 2): "5.1.5",
+    (35, 6, 3): "5.1.5",
     (35, 6, 4): "5.1.6",
     (36, 2, 0): "6.0",
     (36, 3, 0): "6.0",
     (36, 4, 0): "6.1",
+    (36, 4, 2): "6.1",
     (36, 4, 3): "6.2",
     (36, 4, 4): "6.2.1",
+    (36, 4, 7): "6.2.1",
     (36, 5, 0): "6.2.2",
     (38, 2, 0): "7.0",
     (38, 2, 1): "7.0",
+    (38, 2, 2): "7.0",
     (38, 4, 0): "7.1",
     (39, 2, 0): "7.2",
+    (39, 2, 1): "7.2.1",
 }
 
 

@@ -1,8 +1,11 @@
 """Picking the device profile that fits the board we run on.
 
 The model string picks the family; when several profiles share it (Orin Nano 4 GB / 8 GB, Orin NX
-8 GB / 16 GB), the module part number in ``compatible`` decides, then ``MemTotal``. A board that
-matches nothing falls back to the ``cpu`` profile.
+8 GB / 16 GB, Thor T5000 / T4000), the module part number in ``compatible`` decides, then
+``MemTotal``. A board that matches nothing falls back to the ``cpu`` profile. A board or JetPack
+the agent cannot run on (JetPack 5 and older, Xavier) is refused with a
+:class:`~agent.core.errors.DetectionError` that says what was found and what to do
+(:mod:`agent.config.profiles.support`). The reason names the JetPack the release file shows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from agent.config.device import DeviceProfile
 from agent.config.profiles.board import MODEL_FILE, BoardInfo, read_board
 from agent.config.profiles.store import CPU_PROFILE, ProfileStore
+from agent.config.profiles.support import jetpack_major, refuse_unsupported
 from agent.core.errors import DetectionError
 
 log = logging.getLogger(__name__)
@@ -57,11 +61,9 @@ def _narrow(candidates: list[DeviceProfile], board: BoardInfo) -> tuple[DevicePr
 def _single_match(
     profile: DeviceProfile, profiles: list[DeviceProfile], board: BoardInfo, how: str
 ) -> Detection:
-    """One profile has the model string; the module part number may still name another.
-
-    A Xavier NX 16GB (module p3668-0003, jetson-stats ``jtop/core/jetson_variables.py``)
-    prints the same model as the 8GB kit, so the part number decides when a profile lists it.
-    """
+    """One profile has the model string; the module part number may still name another (a
+    module variant that prints its sibling's model string decides by its part number when a
+    profile lists it)."""
     part = board.module_part_number
     if part is None or part in profile.identity.module_part_numbers:
         return Detection(profile.name, f"{how} matches profile {profile.name}", board)
@@ -83,8 +85,71 @@ def _single_match(
     return Detection(profile.name, why, board)
 
 
+def _jetpack_note(profile: DeviceProfile | None, board: BoardInfo) -> str:
+    """``; L4T R36.4.3 = JetPack 6.2`` (plus a warning when the profile does not list it)."""
+    if board.l4t_release is None:
+        return ""
+    note = f"; L4T R{board.l4t_release} = JetPack {board.jetpack or 'unknown'}"
+    major = jetpack_major(board)
+    if profile is None or major is None or not profile.identity.jetpack:
+        return note
+    if str(major) in profile.identity.jetpack:
+        return note
+    listed = ", ".join(profile.identity.jetpack)
+    log.warning("profile %s lists JetPack %s, the board runs %s", profile.name, listed, major)
+    return f"{note}, which {profile.name} was not written for (it lists JetPack {listed})"
+
+
+def _without_model(root: Path, board: BoardInfo, profiles: list[DeviceProfile]) -> Detection:
+    where = root / MODEL_FILE
+    part = board.module_part_number
+    if board.is_tegra and part is not None:
+        by_part = [p for p in profiles if part in p.identity.module_part_numbers]
+        if len(by_part) == 1:
+            why = f"no usable {where}, but device-tree compatible names module {part}"
+            return Detection(by_part[0].name, why, board)
+    trouble = next((n for n in board.notes if str(where) in n), None)
+    if trouble is not None:
+        return _fallback(f"{trouble}; cannot identify the board", board)
+    return _fallback(f"no {where} under {root}; not a Jetson", board)
+
+
+def _fallback(why: str, board: BoardInfo) -> Detection:
+    return Detection(CPU_PROFILE, f"{why}: falling back to {CPU_PROFILE}", board)
+
+
+def _by_model(board: BoardInfo, profiles: list[DeviceProfile]) -> Detection:
+    model = board.model
+    matched = [p for p in profiles if model in p.identity.device_tree_models]
+    how = f"model '{model}'"
+    if not matched and board.module_part_number is not None:
+        # A custom carrier board renames the model but keeps NVIDIA's module compatible string.
+        part = board.module_part_number
+        matched = [p for p in profiles if part in p.identity.module_part_numbers]
+        how = f"module part number {part} (model '{model}' is unknown)"
+    if not matched:
+        kind = "a Jetson board" if board.is_tegra else "board"
+        return _fallback(f"{kind} model '{model}' matches no device profile", board)
+    if len(matched) == 1:
+        return _single_match(matched[0], profiles, board, how)
+    names = ", ".join(p.name for p in matched)
+    narrowed = _narrow(matched, board)
+    if narrowed is None:
+        return _fallback(
+            f"{how} fits {names} and neither the module part number nor MemTotal tells them "
+            "apart; set 'profile:' in agent.yaml",
+            board,
+        )
+    profile, why = narrowed
+    return Detection(profile.name, f"{how} fits {names}; {why} selects {profile.name}", board)
+
+
 def detect(root: Path = Path("/"), store: ProfileStore | None = None) -> Detection:
-    """Choose the device profile for the board under ``root``; falls back to ``cpu``."""
+    """Choose the device profile for the board under ``root``; falls back to ``cpu``.
+
+    Raises :class:`DetectionError` for a board the agent cannot run on (JetPack 5 or older,
+    Xavier and older SoCs), naming what was found and what to do.
+    """
     if not root.is_dir():
         raise DetectionError(
             f"cannot detect the board: {root} is not a directory",
@@ -97,49 +162,12 @@ def detect(root: Path = Path("/"), store: ProfileStore | None = None) -> Detecti
             fix=f"restore {CPU_PROFILE}.yaml in the device_profiles directory",
         )
     board = read_board(root)
-    where = root / MODEL_FILE
+    refuse_unsupported(board)
     profiles = [p for p in store.all() if p.identity.family != "cpu"]
-
-    def fallback(why: str) -> Detection:
-        return Detection(CPU_PROFILE, f"{why}: falling back to {CPU_PROFILE}", board)
-
     if board.model is None:
-        if board.is_tegra and board.module_part_number is not None:
-            by_part = [
-                p for p in profiles if board.module_part_number in p.identity.module_part_numbers
-            ]
-            if len(by_part) == 1:
-                return Detection(
-                    by_part[0].name,
-                    f"no usable {where}, but device-tree compatible names module "
-                    f"{board.module_part_number}",
-                    board,
-                )
-        trouble = next((n for n in board.notes if str(where) in n), None)
-        if trouble is not None:
-            return fallback(f"{trouble}; cannot identify the board")
-        return fallback(f"no {where} under {root}; not a Jetson")
-
-    matched = [p for p in profiles if board.model in p.identity.device_tree_models]
-    how = f"model '{board.model}'"
-    if not matched and board.module_part_number is not None:
-        # A custom carrier board renames the model but keeps NVIDIA's module compatible string.
-        matched = [
-            p for p in profiles if board.module_part_number in p.identity.module_part_numbers
-        ]
-        how = f"module part number {board.module_part_number} (model '{board.model}' is unknown)"
-    if not matched:
-        kind = "a Jetson board" if board.is_tegra else "board"
-        return fallback(f"{kind} model '{board.model}' matches no device profile")
-    if len(matched) == 1:
-        return _single_match(matched[0], profiles, board, how)
-
-    names = ", ".join(p.name for p in matched)
-    narrowed = _narrow(matched, board)
-    if narrowed is None:
-        return fallback(
-            f"{how} fits {names} and neither the module part number nor MemTotal tells them "
-            "apart; set 'profile:' in agent.yaml"
-        )
-    profile, why = narrowed
-    return Detection(profile.name, f"{how} fits {names}; {why} selects {profile.name}", board)
+        found = _without_model(root, board, profiles)
+    else:
+        found = _by_model(board, profiles)
+    chosen = next((p for p in profiles if p.name == found.profile), None)
+    note = _jetpack_note(chosen, board)
+    return Detection(found.profile, found.reason + note, board) if note else found

@@ -111,6 +111,10 @@ def _bundle_digest(bundle: ModelBundle) -> str:
 def _cache_key(ctx: BuildContext, inputs: BuildInputs, precision: str) -> CacheKey:
     config, cal = ctx.bundle.config, ctx.build_cfg.calibration
     recipe: dict[str, Any] = {"static": ctx.static, "bundle_config": _bundle_digest(ctx.bundle)}
+    if ctx.dynamic_batch:
+        recipe["dynamic_batch"] = True
+    if not ctx.options.overrides.empty:  # an override never returns an engine built without it
+        recipe["overrides"] = ctx.options.overrides.key_json()
     if precision == "int8":
         recipe.update(
             {

@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.backends.base import Backend
+from agent.backends.base import Backend, TargetBoard
+from agent.backends.tensorrt.dla import decide_dla
 from agent.config.build import BuildLimits
 from agent.config.device import DeviceProfile
+from agent.config.profiles.board import jetpack_for_l4t
+from agent.core.errors import BuildFailed
 from agent.core.progress import ProgressFn
 from agent.engine.build.outcome import Stopwatch, max_rss
+from agent.engine.build.overrides import BuildOverrides
 from agent.engine.bundle import ModelBundle
 from agent.engine.cache import EngineCache
 from agent.engine.calibration import CalibrationSet
@@ -65,6 +69,8 @@ class BuildOptions:
     gate_seconds: float
     gate_iterations: int
     search: SearchLimits = field(default_factory=SearchLimits)
+    #: trtexec-style command-line overrides (already applied to the context's profile)
+    overrides: BuildOverrides = field(default_factory=BuildOverrides)
 
 
 @dataclass
@@ -101,6 +107,12 @@ class BuildContext:
         return self.backend_name == "onnxruntime"
 
     @property
+    def dynamic_batch(self) -> bool:
+        """ONNX Runtime runs any batch: its static build keeps the batch axis dynamic when the
+        profile gives a batch range (only height and width are pinned)."""
+        return self.backend_name == "onnxruntime"
+
+    @property
     def threads(self) -> int:
         return self.profile.runtime.intra_op_threads
 
@@ -108,6 +120,11 @@ class BuildContext:
     def dla_core(self) -> int | None:
         dla = self.profile.build.dla
         return dla.core if dla.enabled else None
+
+    @property
+    def target_board(self) -> TargetBoard:
+        """The profile's board, with the JetPack of the detected L4T release (if any)."""
+        return target_board(self.profile, self.options.l4t_release)
 
     def record_rss(self, rss: float | None) -> None:
         self.peak_rss = max_rss(self.peak_rss, rss)
@@ -124,6 +141,30 @@ class BuildInputs:
     input_name: str
 
 
+def target_board(profile: DeviceProfile, l4t_release: str | None) -> TargetBoard:
+    ident = profile.identity
+    return TargetBoard(
+        profile=profile.name,
+        family=str(ident.family),
+        dla_cores=ident.dla_cores,
+        jetpack=jetpack_for_l4t(l4t_release),
+    )
+
+
+def check_dla(profile: DeviceProfile, backend_version: str, l4t_release: str | None) -> None:
+    """Refuse a TensorRT DLA build the installed TensorRT or the board cannot do, before any
+    work (the backend's plan applies the same rule again in the build child)."""
+    dla = profile.build.dla
+    if profile.build.backend != "tensorrt" or not dla.enabled:
+        return
+    decision = decide_dla(backend_version, target_board(profile, l4t_release), dla.core)
+    if not decision.allowed:
+        raise BuildFailed(
+            f"profile {profile.name}, build.dla.enabled: {decision.reason}", fix=decision.fix
+        )
+    log.info("profile %s: DLA core %d: %s", profile.name, dla.core, decision.reason)
+
+
 def open_context(
     *,
     profile: DeviceProfile,
@@ -134,7 +175,10 @@ def open_context(
     options: BuildOptions,
     progress: ProgressFn,
 ) -> BuildContext:
-    """A context with the cache root created and a fresh ``.tmp-build-*`` directory in it."""
+    """A context with the cache root created and a fresh ``.tmp-build-*`` directory in it;
+    raises :class:`BuildFailed` first when the profile asks for a DLA this TensorRT and board do
+    not have (:func:`check_dla`)."""
+    check_dla(profile, backend_version, options.l4t_release)
     cache_root = Path(cache_dir).resolve()
     cache = EngineCache(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,7 @@ memory-capped child.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 
 from agent.backends.registry import get_backend
@@ -40,24 +38,16 @@ from agent.engine.build.candidates import (
 from agent.engine.build.context import BuildOptions, SearchLimits, open_context
 from agent.engine.build.fallback import build_or_skip, live_candidates
 from agent.engine.build.outcome import BuildOutcome
+from agent.engine.build.overrides import BuildOverrides, apply_overrides
 from agent.engine.build.publish import commit_candidates, finish
 from agent.engine.build.search import gate_and_recover
 from agent.engine.build.steps import prepare_inputs
 from agent.engine.bundle import load_bundle
 from agent.engine.tmpdirs import claim_dir
 
-__all__ = ["build_engine", "default_cache_dir"]
+__all__ = ["build_engine"]
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CACHE_HOME/edge-agent`` when XDG_CACHE_HOME is set, else ``.cache/edge-agent``."""
-    env = os.environ if environ is None else environ
-    xdg = env.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg) / "edge-agent"
-    return Path(".cache") / "edge-agent"
 
 
 def build_engine(
@@ -73,12 +63,14 @@ def build_engine(
     gate_seconds: float = 3.0,
     gate_iterations: int = 200,
     search: SearchLimits | None = None,
+    overrides: BuildOverrides | None = None,
 ) -> BuildOutcome:
     """Build (or fetch from the cache) a validated engine for ``bundle_path`` on ``profile``.
 
     With ``precision="auto"`` a candidate that cannot be built is skipped (the reason is in
     the notes and the gate report's ``why``); a fresh INT8 that fails the gate goes through
-    the accuracy search (``search`` bounds it). Raises :class:`ModelError`,
+    the accuracy search (``search`` bounds it). ``overrides`` (``build --shapes`` ...) win over
+    the profile (:mod:`agent.engine.build.overrides`). Raises :class:`ModelError`,
     :class:`CalibrationError`, :class:`BuildFailed` or :class:`ValidationFailed`, each saying
     how to fix the problem; nothing half-written is left in ``cache_dir``.
     """
@@ -87,14 +79,11 @@ def build_engine(
     wanted = wanted_precisions(precision, profile, backend.precisions)
     progress("load", 0.0, f"loading bundle {bundle_path}")
     bundle = load_bundle(Path(bundle_path))
+    overrides = overrides or BuildOverrides()
+    profile = apply_overrides(profile, overrides, bundle)
+    limits = search or SearchLimits()
     options = BuildOptions(
-        precision,
-        calib_dir,
-        l4t_release,
-        force,
-        gate_seconds,
-        gate_iterations,
-        search if search is not None else SearchLimits(),
+        precision, calib_dir, l4t_release, force, gate_seconds, gate_iterations, limits, overrides
     )
     ctx = open_context(
         profile=profile,

@@ -163,6 +163,8 @@ def _manifest(
         "inputs": [t.to_json() for t in cand.result.inputs],
         "outputs": [t.to_json() for t in cand.result.outputs],
         "static_shapes": ctx.static,
+        "dynamic_batch": ctx.dynamic_batch,
+        "overrides": ctx.options.overrides.key_json(),
         "shapes": {k: v.to_json() for k, v in prepared.shapes.items()},
         "input_size_hw": list(inputs.size_hw),
         "bundle": {

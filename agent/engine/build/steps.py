@@ -38,19 +38,27 @@ log = logging.getLogger(__name__)
 _MIN_WORKSPACE_MIB = 16
 
 
+#: the frames of the models bundled with the package (``agent/data/calib/<name>``, in the wheel)
+_PACKAGED = Path(__file__).resolve().parents[2] / "data"
+
+
 def resolve_calib_dir(bundle: ModelBundle, calib_dir: Path | None, cwd: Path | None = None) -> Path:
     """``calib_dir`` if given, else ``calib/<model name>/`` under the working directory, else
-    the bundle's own ``calib/`` folder."""
+    the bundle's own ``calib/`` folder, else (a model bundled with the package) its packaged
+    frames in ``agent/data/calib/<model name>/``."""
     if calib_dir is not None:
         return Path(calib_dir)
     base = Path.cwd() if cwd is None else cwd
     candidates = [base / "calib" / bundle.config.name, bundle.directory / "calib"]
+    if bundle.directory.resolve().is_relative_to(_PACKAGED / "models"):
+        candidates.append(_PACKAGED / "calib" / bundle.config.name)
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
     raise CalibrationError(
         "no calibration frames found (looked in " + " and ".join(str(c) for c in candidates) + ")",
-        fix="put camera frames in calib/<model name>/ (see calib/README.md) or pass --calib DIR",
+        fix="put camera frames in calib/<model name>/ (see agent/data/calib/README.md) or "
+        "pass --calib DIR",
         path=candidates[0],
     )
 
@@ -70,7 +78,13 @@ def prepare_inputs(ctx: BuildContext) -> BuildInputs:
     config, progress = ctx.bundle.config, ctx.progress
     with ctx.watch.stage("prepare"):
         progress("prepare", 0.0, "checking and shaping the ONNX model")
-        prepared = prepare(ctx.bundle, ctx.profile, ctx.work / "prepare", static=ctx.static)
+        prepared = prepare(
+            ctx.bundle,
+            ctx.profile,
+            ctx.work / "prepare",
+            static=ctx.static,
+            dynamic_batch=ctx.dynamic_batch,
+        )
         progress("prepare", 1.0, "; ".join(prepared.notes) or "ok")
     input_name = config.input.name
     shapes = prepared.shapes[input_name]
@@ -263,6 +277,8 @@ def _request(
     if build_cfg.timing_cache and ctx.backend_name == "tensorrt":
         name = f"{ctx.backend_name}-{ctx.backend_version}.cache"
         timing_cache = (ctx.cache_root / "timing" / name).resolve()
+    if ctx.options.overrides.timing_cache is not None:  # --timing-cache wins over the profile
+        timing_cache = ctx.options.overrides.timing_cache.resolve()
     return BuildRequest(
         onnx_path=Path(onnx_path).resolve(),
         out_dir=out_dir.resolve(),
@@ -276,6 +292,7 @@ def _request(
         threads=ctx.threads,
         static_shapes=ctx.static,
         memory_cap_mib=build_cfg.build_memory_cap_mib,
+        board=ctx.target_board,
     )
 
 

@@ -116,7 +116,7 @@ def _check_request(
         raise CalibrationError(
             "the calibration set is empty",
             fix="copy JPEGs from this device's cameras into the model's calibration folder "
-            "(calib/README.md says how)",
+            "(agent/data/calib/README.md says how)",
         )
     model = load_model(prepared.path, external_data=False)
     _check_keep_float(model, keep_float, prepared.source)
@@ -146,7 +146,7 @@ def _obtain_ranges(job: Job) -> _Ranges:
         progress("calibrate", 1.0, f"activation ranges from cache {cache_path.name}")
     else:
         with contextlib.suppress(FileNotFoundError):
-            cache_path.unlink()  # stale/corrupt: quantize_static must not trust it
+            cache_path.unlink()  # stale/corrupt: Q/DQ insertion must not trust it
         progress("calibrate", 0.0, f"calibrating {len(job.calib.calib)} frames ({job.method})")
         calibrated_tensors = calibrate_ranges(
             job.prepared,

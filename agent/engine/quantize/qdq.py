@@ -1,4 +1,5 @@
-"""Q/DQ insertion: one ``quantize_static`` run of a recipe, and a count of what it inserted."""
+"""Q/DQ insertion: one quantization run of a recipe with cached ranges, and a count of what it
+inserted."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import QuantType
 
 from agent.engine.onnxgraph import load_model
 from agent.engine.prepare import PreparedModel
+from agent.engine.quantize.ortcompat import quantize_with_ranges
 from agent.engine.quantize.ranges import method_enum
 from agent.engine.quantize.reader import FrameReader
 from agent.engine.quantize.recipes import Recipe
@@ -30,23 +32,22 @@ def quantize_once(
     cache_path: Path,
     source: Path | None = None,
 ) -> None:
-    """One ``quantize_static`` run of ``prepared`` (or of ``source``, a rewrite of it with the
-    same tensors) into ``out_path`` with ranges from ``cache_path``, leaving the nodes
-    ``exclude`` in float."""
-    quantize_static(
-        str(source if source is not None else prepared.path),
-        str(out_path),
-        calibration_data_reader=reader,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(recipe.op_types) if recipe.op_types else None,
+    """One QDQ quantization of ``prepared`` (or of ``source``, a rewrite of it with the same
+    tensors) into ``out_path`` with ranges from ``cache_path``, leaving the nodes ``exclude``
+    in float (``quantize_static`` where ORT takes a range cache, else the same steps:
+    :mod:`agent.engine.quantize.ortcompat`)."""
+    quantize_with_ranges(
+        source if source is not None else prepared.path,
+        out_path,
+        reader,
+        ranges_path=cache_path,
+        calibrate_method=method_enum(method),
+        op_types=recipe.op_types,
         per_channel=recipe.per_channel,
-        reduce_range=False,
         activation_type=QuantType[recipe.activation_type],
         weight_type=QuantType[recipe.weight_type],
-        nodes_to_exclude=list(exclude),
-        calibrate_method=method_enum(method),
+        nodes_to_exclude=exclude,
         extra_options=recipe.options(),
-        calibration_cache_path=str(cache_path),
         # >2 GiB models: prepare() wrote external data, keep it that way
         use_external_data_format=prepared.path.with_name(prepared.path.name + ".data").exists(),
     )

@@ -12,9 +12,9 @@ activation of every frame they are fed and keep them until ``collect_data`` retu
   the histograms into ranges with its own code.
 
 The result equals ORT's calibrator fed all frames in one ``collect_data`` call (which is what
-``quantize_static`` does). Ranges are cached as ORT's own calibration-cache JSON
-(``cache_dir/calib/<key>.json``); ``quantize_static(..., calibration_cache_path=...)`` loads
-them and skips calibration on a hit. The ranges do not
+``quantize_static`` does). Ranges are cached in ``cache_dir/calib/<key>.json`` as ORT's own
+calibration-cache JSON on ORT 1.27+, else as our own JSON (:mod:`agent.engine.quantize.ortcompat`;
+the format is part of the key) and Q/DQ insertion reads them from there. The ranges do not
 depend on the recipe or on excluded nodes (every float tensor is calibrated), so one cache
 serves both recipes and the re-quantization done by the mixed-precision pass.
 """
@@ -34,8 +34,6 @@ from onnxruntime.quantization.calibrate import (
     HistogramCollector,
     TensorsData,
     create_calibrator,
-    load_tensors_data,
-    save_tensors_data,
 )
 
 from agent.core.errors import CalibrationError
@@ -44,6 +42,7 @@ from agent.core.progress import ProgressFn, no_progress
 from agent.engine.onnxgraph import load_model
 from agent.engine.prepare import PreparedModel
 from agent.engine.quantize.memory import MemoryPlan, activation_bytes, plan_groups
+from agent.engine.quantize.ortcompat import cache_format, load_ranges, save_ranges
 from agent.engine.quantize.reader import FrameReader
 from agent.engine.quantize.stream import stream
 
@@ -56,9 +55,11 @@ _CACHE_VERSION = "1"
 def calibration_cache_key(
     model_sha256: str, calib_sha256: str, method: str, percentile: float
 ) -> str:
-    """Cache key of activation ranges: model + calibration set + method (+ percentile)."""
+    """Cache key of activation ranges: model + calibration set + method (+ percentile) + the
+    file format this ONNX Runtime reads (ORT's JSON or ours: never one read as the other)."""
     extra = f"{percentile:.6f}" if method == "percentile" else ""
     text = f"v{_CACHE_VERSION}\0{model_sha256}\0{calib_sha256}\0{method}\0{extra}"
+    text += f"\0{cache_format()}"
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -86,7 +87,7 @@ def cached_ranges_ok(cache_path: Path, method: str) -> bool:
     if not cache_path.is_file():
         return False
     try:
-        data = load_tensors_data(cache_path)
+        data = load_ranges(cache_path)
     except Exception as exc:  # corrupt / truncated / foreign JSON
         log.warning("calibration cache %s unreadable (%s); recalibrating", cache_path, exc)
         return False
@@ -194,7 +195,7 @@ def calibrate_ranges(
     progress: ProgressFn = no_progress,
 ) -> int:
     """Compute ranges of every float tensor (bounded memory, see the module docstring) and
-    save them as ORT's calibration cache; returns how many tensors got a range."""
+    save them in the calibration cache; returns how many tensors got a range."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the collectors print() progress
             ranges = _minmax_ranges(prepared.path, reader, tmp_dir)
@@ -219,6 +220,6 @@ def calibrate_ranges(
             path=prepared.source,
         ) from exc
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors_data(ranges, cache_path)  # tmp file + os.replace
+    save_ranges(ranges, cache_path)  # tmp file + os.replace
     _fsync_file(cache_path)
     return len(list(ranges.keys()))

@@ -76,8 +76,19 @@ def budget_w(profile: DeviceProfile, name: str | None) -> float | None:
     return mode.budget_w
 
 
+def capped_budget(budget: float | None, board_limit: float | None) -> float | None:
+    """The power budget, lowered to the limit the board enforces on its input where that is
+    known and lower (a Thor carrier throttles itself past its INA238 VIN limit: the governor
+    acts before the board does)."""
+    limit = known(board_limit)
+    if limit is None or limit <= 0:
+        return budget
+    return limit if budget is None else min(budget, limit)
+
+
 def read_sample(sample: Sample, profile: DeviceProfile) -> Reading:
-    """The governor's view of ``sample`` (unknown stays None)."""
+    """The governor's view of ``sample`` (unknown stays None). Its power is the board input
+    (``board_power_w``: Thor's INA238 ``VIN``, ``VDD_IN``, or the module rails' sum)."""
     temps = {k: known(v) for k, v in sample.temps_c.items()}
     found = {k: v for k, v in temps.items() if v is not None}
     hottest = max(found, key=found.__getitem__) if found else None
@@ -87,7 +98,7 @@ def read_sample(sample: Sample, profile: DeviceProfile) -> Reading:
         temp_c=found[hottest] if hottest is not None else None,
         hottest_zone=hottest,
         power_w=known(sample.board_power_w),
-        budget_w=budget_w(profile, sample.power_mode),
+        budget_w=capped_budget(budget_w(profile, sample.power_mode), sample.board_power_limit_w),
         power_mode=sample.power_mode,
         mode_id=mode,
         sample_ts=sample.ts,

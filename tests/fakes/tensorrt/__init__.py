@@ -15,8 +15,10 @@ from tests.fakes.tensorrt.models import (
     onnx_relu_model,
 )
 from tests.fakes.tensorrt.module import (
+    ALL_GENERATIONS,
     EXPECTED_FLAGS,
     GENERATIONS,
+    JETPACK7_GENERATIONS,
     make_fake_tensorrt,
     make_stub_namespace,
 )
@@ -24,9 +26,11 @@ from tests.fakes.tensorrt.onnx_rules import DQ_INPUT_TYPES, dequantize_input_err
 from tests.fakes.tensorrt.state import DeviceMemory, Recorder
 
 __all__ = [
+    "ALL_GENERATIONS",
     "DQ_INPUT_TYPES",
     "EXPECTED_FLAGS",
     "GENERATIONS",
+    "JETPACK7_GENERATIONS",
     "MAGIC",
     "SHAPES",
     "DeviceMemory",

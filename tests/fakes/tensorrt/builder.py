@@ -271,12 +271,14 @@ def install_builder(fk: Fake) -> None:
             return IHostMemory(_engine_blob(network, config))
 
         @property
-        def platform_has_fast_fp16(self) -> bool:
-            return True
-
-        @property
         def num_DLA_cores(self) -> int:  # noqa: N802
-            return 2
+            rec.record("num_DLA_cores")
+            return rec.dla_cores
+
+    if major < 11:
+        # "IBuilder::platformHasFastFp16(): Removed" in 11.x (NVIDIA's 10.x → 11.x migration
+        # guide, removed APIs)
+        Builder.platform_has_fast_fp16 = property(lambda self: True)  # type: ignore[attr-defined]
 
     if major < 10:
 

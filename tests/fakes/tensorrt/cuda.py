@@ -1,7 +1,13 @@
 """A fake of the runner's CUDA layer (:class:`agent.backends.tensorrt.runner.CudaLayer`) over
 the fake device memory. ``FakeCuda(memory, integrated=True)`` is an integrated GPU (a Jetson's):
 ``zero_copy_staging()`` is True and a ``MappedBuffer``'s host array *is* the fake device block
-at its ``device_ptr`` (one DRAM, as ``cudaHostAllocMapped`` memory on Tegra)."""
+at its ``device_ptr`` (one DRAM, as ``cudaHostAllocMapped`` memory on Tegra).
+
+Timing: a copy advances the fake device's clock (``DeviceMemory.clock_ms``) by its bytes over
+``bytes_per_ms`` (the fake engine advances it by its layers' times); an ``Event`` created with
+``timing=True`` records the clock and ``elapsed_ms`` is the difference, so stage times are
+deterministic. As with ``cudaEventElapsedTime``, ``elapsed_ms`` fails unless both events were
+created with timing and recorded."""
 
 from __future__ import annotations
 
@@ -17,9 +23,12 @@ class FakeCuda:
     """The API of :class:`agent.backends.tensorrt.runner.CudaLayer` over :class:`DeviceMemory`,
     recording calls."""
 
-    def __init__(self, memory: DeviceMemory, *, integrated: bool = False) -> None:
+    def __init__(
+        self, memory: DeviceMemory, *, integrated: bool = False, bytes_per_ms: float = 1000.0
+    ) -> None:
         self.memory = memory
         self.integrated = integrated
+        self.bytes_per_ms = bytes_per_ms
         self.calls: list[tuple[Any, ...]] = []
         self.live: set[int] = set()
         cuda = self
@@ -78,15 +87,28 @@ class FakeCuda:
 
         class Event:
             """Records how it was created: the runner must wait with a blocking-sync event
-            without timing (cudaEventDisableTiming | cudaEventBlockingSync)."""
+            without timing (cudaEventDisableTiming | cudaEventBlockingSync); a timing event
+            (cudaEventDefault) records the fake device clock."""
 
             def __init__(self, *, timing: bool = False, blocking: bool = True) -> None:
                 self.timing, self.blocking = timing, blocking
                 self.closed = False
+                self.at: float | None = None
                 cuda.events.append(self)
+                cuda.calls.append(("event_create", timing, blocking))
 
             def record(self, stream: Any = None) -> None:
+                assert not self.closed, "event recorded after close"
+                self.at = cuda.memory.clock_ms
                 cuda.calls.append(("event_record", getattr(stream, "handle", 0)))
+
+            def elapsed_ms(self, end: Any) -> float:
+                if not (self.timing and end.timing):  # cudaErrorInvalidResourceHandle
+                    raise ValueError("elapsed_ms needs events created with timing=True")
+                if self.at is None or end.at is None:  # cudaErrorInvalidResourceHandle
+                    raise RuntimeError("elapsed_ms of an event that was never recorded")
+                cuda.calls.append(("event_elapsed",))
+                return end.at - self.at
 
             def synchronize(self) -> None:
                 cuda.calls.append(("event_sync", self.blocking, self.timing))
@@ -114,6 +136,7 @@ class FakeCuda:
     ) -> None:
         count = src.nbytes if nbytes is None else nbytes
         self.calls.append(("htod", count, stream.handle))
+        self.memory.clock_ms += count / self.bytes_per_ms
         self.memory.block(self._ptr(dst))[:count] = src.tobytes()[:count]
 
     def copy_dtoh_async(
@@ -121,6 +144,7 @@ class FakeCuda:
     ) -> None:
         count = dst.nbytes if nbytes is None else nbytes
         self.calls.append(("dtoh", count, stream.handle))
+        self.memory.clock_ms += count / self.bytes_per_ms
         dst.reshape(-1).view(np.uint8)[:count] = np.frombuffer(
             bytes(self.memory.block(self._ptr(src))[:count]), dtype=np.uint8
         )

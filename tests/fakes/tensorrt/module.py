@@ -1,4 +1,5 @@
-"""``make_fake_tensorrt``: a fake ``tensorrt`` module per API generation ("8.6", "10.3", "11.0").
+"""``make_fake_tensorrt``: a fake ``tensorrt`` module per release ("8.6", "10.3", "10.13", "10.16",
+"11.0", "11.4.0", "11.4.1").
 
 Only what ``agent/backends/tensorrt/`` calls is mirrored, with the names and parameter names of
 the real API (checked against ``tensorrt-stubs`` by ``tests/backends/test_tensorrt_stubs.py``).
@@ -10,8 +11,20 @@ The generations differ where TensorRT does:
   ``MemoryPoolType.TACTIC_DRAM`` is new in 8.6.
 * 10.3: EXPLICIT_BATCH still present (ignored), STRONGLY_TYPED present; no bindings API, no
   ``build_engine``; ``TACTIC_SHARED_MEMORY``. A strongly typed network rejects precision flags.
-* 11.0: no EXPLICIT_BATCH, no ``BuilderFlag.INT8/FP16``; every network is strongly typed; the
-  inspector writes ``"I/O Tensors"`` objects instead of ``"Bindings"``.
+* 10.13 (JetPack 7.0/7.1) and 10.16 (JetPack 7.2): the 10.3 API plus
+  ``NetworkDefinitionCreationFlag.PREFER_JIT/AOT_PYTHON_PLUGINS`` (bits 2 and 3 in NvInfer.h at tag
+  v10.16 of github.com/NVIDIA/TensorRT). ``BuilderFlag.FP16/INT8`` are deprecated since 10.12
+  but present.
+* 11.0, 11.4.0, 11.4.1 (JetPack 7.2.2): no EXPLICIT_BATCH, no ``BuilderFlag.INT8/FP16/
+  OBEY_PRECISION_CONSTRAINTS``, no ``Builder.platform_has_fast_fp16``; ``STRONGLY_TYPED`` is bit 0
+  and ignored, PREFER_JIT/AOT_PYTHON_PLUGINS bits 1 and 2 (NvInfer.h at tag v11.1; the "Removed
+  Python APIs" table of NVIDIA's 10.x → 11.x migration guide); every network is strongly typed;
+  the inspector writes ``"I/O Tensors"`` objects instead of ``"Bindings"``. 11.4.0 and 11.4.1
+  share the API: they differ in where DLA exists, which the agent decides from the release
+  (:mod:`agent.backends.tensorrt.dla`), not from the module.
+
+``Builder.num_DLA_cores`` is ``module._fake.dla_cores`` (2, as on AGX Orin; set it to 0 to stand
+for a TensorRT that offers no DLA on the device).
 
 Rules on every generation: the parser refuses a DequantizeLinear whose input is not a quantized
 type; the builder refuses a DLA build with a dynamic profile, a strongly typed DLA build with no
@@ -40,16 +53,50 @@ from tests.fakes.tensorrt.network import install_network
 from tests.fakes.tensorrt.runtime import install_runtime
 from tests.fakes.tensorrt.state import Fake, Recorder, make_enum
 
-GENERATIONS = ("8.6", "10.3", "11.0")
+#: one release per API generation (the ``fake`` fixture's parameters); 11.x is 11.4.1, the
+#: 11.x that JetPack ships (7.2.2+)
+GENERATIONS = ("8.6", "10.3", "11.4.1")
+#: the JetPack 7 releases: 10.13 (7.0/7.1), 10.16 (7.2), 11.4.0 (no JetPack), 11.4.1 (7.2.2+)
+JETPACK7_GENERATIONS = ("10.13", "10.16", "11.4.0", "11.4.1")
+ALL_GENERATIONS = ("8.6", "10.3", "10.13", "10.16", "11.0", "11.4.0", "11.4.1")
+_WEAK = ((), ("INT8", "FP16"), ("FP16",))
+_STRONG: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
 #: what each generation's build sets: (network flags, builder flags for int8, for fp16)
 EXPECTED_FLAGS = {
     "8.6": (("EXPLICIT_BATCH",), ("INT8", "FP16"), ("FP16",)),
-    "10.3": ((), ("INT8", "FP16"), ("FP16",)),
-    "11.0": (("STRONGLY_TYPED",), (), ()),
+    "10.3": _WEAK,
+    "10.13": _WEAK,
+    "10.16": _WEAK,
+    "11.0": _STRONG,
+    "11.4.0": _STRONG,
+    "11.4.1": _STRONG,
+}
+
+#: ``tensorrt.__version__``: 10.13.3.9 and 10.16.1.11 as NVIDIA's packages name them (the
+#: tensorrt-cu13-bindings 10.13.3.9 and tensorrt 10.16.1.11 wheels); NVIDIA's install pages give
+#: 11.4.x's build number only as "11.4.1.x", so the 11.4 fakes carry the product version alone.
+VERSIONS = {
+    "8.6": "8.6.1.6",
+    "10.3": "10.3.0.30",
+    "10.13": "10.13.3.9",
+    "10.16": "10.16.1.11",
+    "11.0": "11.0.0.11",
+    "11.4.0": "11.4.0",
+    "11.4.1": "11.4.1",
 }
 
 
-VERSIONS = {"8.6": "8.6.1.6", "10.3": "10.3.0.30", "11.0": "11.0.0.11"}
+def _creation_flags(version: str) -> dict[str, int]:
+    """``NetworkDefinitionCreationFlag`` members and bits per release (NvInfer.h)."""
+    major, minor = (int(p) for p in version.split(".")[:2])
+    if major >= 11:
+        return {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}
+    ndcf = {"EXPLICIT_BATCH": 0}
+    if major >= 10:
+        ndcf["STRONGLY_TYPED"] = 1
+    if (major, minor) >= (10, 13):
+        ndcf |= {"PREFER_JIT_PYTHON_PLUGINS": 2, "PREFER_AOT_PYTHON_PLUGINS": 3}
+    return ndcf
 
 
 def _install_enums(mod: Any, major: int, ndcf: dict[str, int]) -> None:
@@ -74,16 +121,14 @@ def _install_enums(mod: Any, major: int, ndcf: dict[str, int]) -> None:
 
 
 def make_fake_tensorrt(version: str = "10.3") -> types.ModuleType:
-    """A fresh fake ``tensorrt`` module for one generation; its recorder is ``module._fake``."""
-    if version not in GENERATIONS:
-        raise ValueError(f"version must be one of {GENERATIONS}")
+    """A fresh fake ``tensorrt`` module for one release; its recorder is ``module._fake``."""
+    if version not in ALL_GENERATIONS:
+        raise ValueError(f"version must be one of {ALL_GENERATIONS}")
     major = int(version.split(".", maxsplit=1)[0])
     mod: Any = types.ModuleType("tensorrt")
     mod.__version__ = VERSIONS[version]
     mod._fake = Recorder(version)
-    ndcf = {"EXPLICIT_BATCH": 0} if major < 11 else {}
-    if major >= 10:
-        ndcf["STRONGLY_TYPED"] = 1
+    ndcf = _creation_flags(version)
     _install_enums(mod, major, ndcf)
     np_by_dt = {
         "FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,

@@ -100,11 +100,18 @@ def install_runtime(fk: Fake) -> None:
         def get_binding_dtype(self: ICudaEngine, index: int) -> Any:
             return getattr(mod.DataType, self._io[index][0]["dtype"])
 
+        def get_profile_shape(self: ICudaEngine, profile_index: int, binding: Any) -> list[Any]:
+            # Deprecated in 8.5 for get_tensor_profile_shape, removed in 10.0; ``binding`` is an
+            # index or a name (two overloads in 8.x's pyCore.cpp).
+            name = self._io[binding][0]["name"] if isinstance(binding, int) else str(binding)
+            return self.get_tensor_profile_shape(name, profile_index)
+
         ICudaEngine.num_bindings = property(num_bindings)  # type: ignore[attr-defined]
         ICudaEngine.binding_is_input = binding_is_input  # type: ignore[attr-defined]
         ICudaEngine.get_binding_name = get_binding_name  # type: ignore[attr-defined]
         ICudaEngine.get_binding_shape = get_binding_shape  # type: ignore[attr-defined]
         ICudaEngine.get_binding_dtype = get_binding_dtype  # type: ignore[attr-defined]
+        ICudaEngine.get_profile_shape = get_profile_shape  # type: ignore[attr-defined]
         ICudaEngine.max_batch_size = 1  # type: ignore[attr-defined]
 
         def set_binding_shape(self: Any, binding: int, shape: Any) -> bool:

@@ -11,11 +11,16 @@ from typing import Any
 
 
 class DeviceMemory:
-    """Fake device memory: base address → bytearray (shared by the fake TRT and fake CUDA)."""
+    """Fake device memory: base address → bytearray (shared by the fake TRT and fake CUDA), and
+    the fake device's timeline ``clock_ms``: the work the fakes queue advances it (a copy by its
+    bytes over ``FakeCuda.bytes_per_ms``, an engine execution by its layers' times), and a fake
+    CUDA event records the clock, so elapsed times are deterministic. One timeline for every
+    stream: the fakes run work in the order it is queued."""
 
     def __init__(self) -> None:
         self.blocks: dict[int, bytearray] = {}
         self._next = itertools.count(0x10000, 0x10000)
+        self.clock_ms = 0.0
 
     def alloc(self, nbytes: int) -> int:
         ptr = next(self._next)
@@ -44,6 +49,8 @@ class Recorder:
     alive: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     #: for each deserialize_cuda_engine: the type names of the builder objects alive then
     alive_at_deserialize: list[list[str]] = field(default_factory=list)
+    #: what ``Builder.num_DLA_cores`` answers (2, as on AGX Orin and Orin NX 16GB)
+    dla_cores: int = 2
 
     def record(self, *call: Any) -> None:
         self.calls.append(call)
