@@ -4,8 +4,9 @@
 #
 # EDGE_AGENT_PYTHONS (default "3.12 3.10": JetPack 7 and JetPack 6) lists the interpreters. The
 # first is the primary: lint and type-check run in its venv and its suite prints here. Every other
-# one runs the same suite at the same time (niced; the CI machine has 2 cores and one suite takes
-# ~20 min), into a log shown at the end; the command fails if any suite fails. Each interpreter
+# one runs the same suite at the same time (the CI machine has 2 cores and one suite takes
+# ~20 min), except the tests marked `scale` (hundreds of simulated devices, a browser: the system
+# at load, not the interpreter), into a log shown at the end; the command fails if any fails. Each interpreter
 # is found on PATH (pythonX.Y), in pyenv's versions directories or by `uv python find`, and gets
 # its own venv: .venv when .venv is absent (primary) or already that version, else .venv-X.Y.
 # EDGE_AGENT_PYTHONS="" (or PYTHON=... without EDGE_AGENT_PYTHONS) runs one suite in .venv with
@@ -93,8 +94,8 @@ if [ -n "$MISSING" ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING \
     || echo "could not install$MISSING; the MQTT / systemd unit / PostgreSQL store / browser / promtool tests will be skipped"
 fi
-# The other interpreters' suites start now, before lint, and run alongside the primary's, niced
-# so that it keeps its pace; each in its own session (process group), so that an interrupt or a
+# The other interpreters' suites start now, before lint, and run alongside the primary's; each in
+# its own session (process group), so that an interrupt or a
 # failed lint step stops it with the brokers and daemons its tests started (SIGTERM: a background
 # job of a script ignores SIGINT).
 PIDS=()
@@ -108,7 +109,9 @@ trap 'exit 130' INT TERM
 for i in "${!VENVS[@]}"; do
   [ "$i" = 0 ] && continue
   LOGS[i]="${VENVS[$i]}/pytest-${VERSIONS[$i]}.log"
-  setsid nice -n 10 "${VENVS[$i]}/bin/python" -m pytest -p no:cacheprovider "$@" \
+  # the same suite but the `scale` tests (hundreds of simulated devices, a browser): they
+  # test the system at load, not the interpreter, and run under the first Python
+  setsid "${VENVS[$i]}/bin/python" -m pytest -p no:cacheprovider -m "not scale" "$@" \
     >"${LOGS[$i]}" 2>&1 &
   PIDS+=("$!")
   echo "== pytest under Python ${VERSIONS[$i]} started in the background (${LOGS[$i]})"

@@ -190,7 +190,7 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_and_ctrl_c_exits_0(
     finally:
         code = session.finish(30)
     text = session.text
-    assert code == 0, text[-3000:]
+    assert code == 0, (code, text[-3000:])
     assert "\x1b[2J" not in text and "\x1b[H" not in text, "no screen clear"
     assert "Traceback" not in text and "interrupted" not in text
     frames = _frames(text)

@@ -117,7 +117,10 @@ def test_wrong_ca_is_refused_with_a_clear_error(
     svc.start()  # does not raise or block: the agent keeps running offline
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not svc.status().last_error:
+        # the error is recorded first, then its comms.error event is spooled: wait for both
+        while time.monotonic() < deadline and not (
+            svc.status().last_error and svc.status().spooled >= 1
+        ):
             time.sleep(0.1)
         st = svc.status()
         assert not st.connected

@@ -25,7 +25,7 @@ from tests.helpers.ota_support import copy_bundle
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scale]
 
 FLEET = "dash"
 DEVICES = 200

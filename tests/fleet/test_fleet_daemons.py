@@ -27,6 +27,7 @@ from tests.helpers.ota_e2e_util import perturbed_bundle
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.scale,
     pytest.mark.timeout(420),
     pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed"),
 ]

@@ -224,6 +224,8 @@ def test_offline_device_does_not_block_and_updates_when_back() -> None:
     drv.tick(500)
     assert drv.state("cam-0001") is DeviceState.IN_PROGRESS  # install clock restarted
     assert drv.rollout.devices["cam-0001"].clock_at == 500
+    # back online but still installing: the completed rollout keeps following it
+    assert drv.rollout.needs_tick(500.5)
     fleet.activate("cam-0001")
     assert drv.tick(501) == [ClearManifest("cam-0001")]
     assert drv.rollout.counts()["active"] == 3 and not drv.rollout.needs_tick(502)

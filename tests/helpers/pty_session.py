@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -38,7 +39,13 @@ def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def _controlling_tty() -> None:
-    """In the child, after ``setsid``: the pty on fd 0 becomes the controlling terminal."""
+    """In the child, after ``setsid``: the pty on fd 0 becomes the controlling terminal, and
+    Ctrl-C / Ctrl-\\ act as they do for a shell's foreground job. A suite started as a background
+    job of a non-interactive shell (a CI runner, ``scripts/test.sh``'s second interpreter)
+    inherits SIGINT and SIGQUIT ignored, and Python installs no KeyboardInterrupt handler for an
+    ignored SIGINT: without this the child would never see the Ctrl-C the test types."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 

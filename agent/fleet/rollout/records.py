@@ -37,6 +37,10 @@ _DEVICE_KEYS = {
 }
 
 
+#: device states a completed rollout keeps ticking for (until it expires)
+_FOLLOWED_AFTER_COMPLETION = frozenset({DeviceState.OFFLINE, DeviceState.IN_PROGRESS})
+
+
 @dataclass(frozen=True)
 class DeviceProgress:
     """One target device: its signed manifest's hash, where it stands, what we sent it.
@@ -169,8 +173,10 @@ class Rollout:
             return True
         if self.state is RolloutState.ABORTED:
             return not self.cleanup_done
-        offline = any(p.state is DeviceState.OFFLINE for p in self.devices.values())
-        return offline and now < self.expires_at
+        # a completed rollout still follows the devices that were offline at its end: while
+        # one is offline or, back online, still installing (it may report in_progress first)
+        waiting = any(p.state in _FOLLOWED_AFTER_COMPLETION for p in self.devices.values())
+        return waiting and now < self.expires_at
 
     def to_json(self) -> dict[str, Any]:
         return {
