@@ -24,6 +24,7 @@ from agent.monitor.jtop import JtopSource, JtopUnavailable, import_jtop
 from agent.monitor.select import open_source
 from agent.monitor.sysfs import SysfsSource
 from tests.assets import SYSFS as FIXTURES
+from tests.fakes.jtop_client import NVPModel
 
 STAT_2 = "cpu  1450 0 650 8850 550 0 0 0 0 0\n"  # vs fixtures: 1500 jiffies, 900 idle → 40 %
 
@@ -315,19 +316,6 @@ class JtopException(Exception):
     pass
 
 
-class FakeNVPModel:
-    def __init__(self, name: str, mode_id: int) -> None:
-        self._name, self._id = name, mode_id
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def id(self) -> int:
-        return self._id
-
-
 class FakeJtop:
     def __init__(self, interval: float = 1.0) -> None:
         self._interval = interval
@@ -433,8 +421,8 @@ class FakeJtop:
         return {"total": {"user": 20.0, "nice": 0.0, "system": 5.0, "idle": 75.0}, "cpu": []}
 
     @property
-    def nvpmodel(self) -> FakeNVPModel:
-        return FakeNVPModel("25W", 3)
+    def nvpmodel(self) -> NVPModel:
+        return NVPModel("25W", 3)
 
 
 class _FakeJtopLoader(importlib.abc.Loader):
